@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Container entry point: register the Learn2Reg task found under a (read-only) input folder.
+
+    python entrypoint.py [--input /input] [--output /output] [--dataset PATH] [--split val|test]
+                         [--device auto|cpu|cuda] [--seed N]
+
+Finds the one ``*_dataset.json`` under ``--input`` (or takes ``--dataset``), registers ``registration_test`` when it
+lists pairs (else ``registration_val``) and writes ``disp_*.nii.gz`` and ``results.csv`` to ``--output``. Nothing is
+ever written under the input. Exit status: 0 when the descriptor was usable (failed pairs are recorded in
+``results.csv`` with identity fields), 2 when the descriptor is missing, ambiguous or unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fide.cli._common import seed_everything, select_device
+from fide.config import FideConfig
+from fide.io import DatasetError, load_dataset
+from fide.runner import register_pairs
+
+logger = logging.getLogger("fide.entrypoint")
+
+
+def find_descriptor(input_dir: Path) -> Path:
+    """The single ``*_dataset.json`` under ``input_dir`` (searched recursively); ambiguity is an error."""
+    if not input_dir.is_dir():
+        raise DatasetError(f"{input_dir}: input folder not found")
+    found = sorted(input_dir.rglob("*_dataset.json"))
+    if not found:
+        raise DatasetError(f"{input_dir}: no *_dataset.json descriptor found")
+    if len(found) > 1:
+        names = ", ".join(str(p) for p in found)
+        raise DatasetError(f"{input_dir}: {len(found)} descriptors found ({names}); choose one with --dataset")
+    return found[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", type=Path, default=Path("/input"))
+    parser.add_argument("--output", type=Path, default=Path("/output"))
+    parser.add_argument("--dataset", type=Path, help="descriptor path (default: the one under --input)")
+    parser.add_argument("--split", choices=["val", "test"], help="default: test when it lists pairs, else val")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        descriptor = args.dataset or find_descriptor(args.input)
+        dataset = load_dataset(descriptor)
+        split = args.split or dataset.default_split()
+        pairs = dataset.split(split)
+        if not pairs:
+            raise DatasetError(f"{descriptor}: split {split!r} lists no pairs")
+        input_root = args.input.resolve()
+        if args.output.resolve() == input_root or input_root in args.output.resolve().parents:
+            raise DatasetError(f"{args.output}: output must not lie under the input folder {input_root}")
+        seed_everything(args.seed)
+        cfg = FideConfig(seed=args.seed)
+        device = select_device(args.device)
+        logger.info("%s: registering %d %s pairs on %s", dataset.name, len(pairs), split, device)
+        table = register_pairs(pairs, args.output, cfg, device=device)
+    except DatasetError as err:
+        logger.error("%s", err)
+        return 2
+    failed = int((table["status"] == "failed").sum())
+    logger.info("done: %d pairs, %d failed; fields in %s", len(table), failed, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line interface: wires the pipeline stages together; no registration logic lives here."""

@@ -1,0 +1,200 @@
+"""Every hyper-parameter of fide, in one dataclass tree; defaults are the paper's values where it has one.
+
+Sources in comments: "code" = the FIDE team's validation code (Neon_ShgBf), "paper" = arXiv 2410.20812,
+"globalign" = the organisers' baseline, "fide" = chosen here (the reason is given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PreprocessConfig",
+    "SearchConfig",
+    "PrealignConfig",
+    "OptimiseConfig",
+    "DeformableConfig",
+    "EncoderConfig",
+    "FideConfig",
+    "TrainConfig",
+    "STAGES",
+    "config_from_dict",
+]
+
+# pipeline prefixes selectable with --stages (each includes the ones before it)
+STAGES = ("search", "prealign", "affine", "deformable")
+
+
+@dataclass
+class PreprocessConfig:
+    percentile_low: float = 1.0  # code: common range from the 1st/99th percentiles
+    percentile_high: float = 99.0
+    shg_threshold: float = 1.0  # code: SHG foreground = SHG >= 1 (uint8)
+    shg_mask_sigma_px: float = 4.0  # fide: smooths the sparse fibre signal into a tissue footprint
+    shg_footprint_threshold: float = 2.0  # appearance spec: "smoothed signal > 2" is the footprint
+    bf_max_saturation: float = 50 / 255  # code: background = unsaturated and bright (HSV inRange 0..50, 132..255)
+    bf_min_value: float = 132 / 255
+    bf_fill_value: float = 40 / 255  # fide: unsaturated and this dark is black corner fill, not tissue
+
+
+@dataclass
+class SearchConfig:
+    """Exhaustive global initialisation: rotation x scale x mirror, all translations at once (CMIF)."""
+
+    size_px: int = 64  # fide: longest side of the fixed image during the search (CPU budget ~1-2 s)
+    num_labels: int = 4  # fide: K of the k-means label maps at search level (K^2 FFT correlations per candidate)
+    angle_step_deg: float = 6.0  # globalign: 100 angles over 360°; 60 here, refined below
+    scale_min: float = 0.6  # appearance spec: scales 0.66-1.13 plus a further 0.9-1.1
+    scale_max: float = 1.35
+    scale_steps: int = 9
+    mirror: bool = False  # fide: tissue sections are not mirrored in the challenge; enable for flipped slides
+    min_overlap: float = 0.5  # globalign: at least 50 % overlap
+    batch: int = 12  # candidates per FFT batch (memory ~ batch * K^2 * canvas^2 complex)
+    top_k: int = 4  # distinct candidates handed on to refinement / restarts
+    refine_size_px: int = 128  # fide: second, finer level of the search around each candidate
+    refine_angle_deg: float = 4.0  # +- range of the fine angle sweep
+    refine_angle_steps: int = 9
+    refine_scale_steps: int = 5
+    refine_scale_ratio: float = 1.06  # +- ratio of the fine scale sweep
+
+
+@dataclass
+class PrealignConfig:
+    """Keypoints + descriptors + mutual nearest neighbours + RANSAC affine, guided by the global search."""
+
+    size_px: int = 256  # fide: working size of keypoint detection and description
+    num_keypoints: int = 400
+    nms_radius_px: int = 3  # code: 5x5 NMS
+    search_radius_px: float = 12.0  # fide: matches must lie this close to the search's prediction
+    ransac_iterations: int = 1000  # code: maxIters 1000
+    ransac_threshold_px: float = 3.5  # code: 3.5 px at 832^2 (scaled to the working size)
+    min_inliers: int = 12  # fide: fewer inliers -> keep the global search's transform
+    seed: int = 0
+
+
+@dataclass
+class OptimiseConfig:
+    """Instance optimisation with fidelity-imposed displacement editing."""
+
+    levels: int = 3  # fide: pyramid levels above the working size (paper: 5 levels at 832^2)
+    size_px: int = 256  # fide: finest working size of the affine optimisation on CPU
+    lncc_iterations: int = 30  # code: 30 LNCC + 30 NMI
+    nmi_iterations: int = 30
+    lncc_kernel: int = 9  # code: windows 19, 13, 9, 5, 3 over levels 832..52; 9 at 256^2 covers the same tissue
+    learning_rate: float = 5e-2  # fide: per-pixel field, working pixels (the paper's 1e-4 drives a CNN's weights)
+    level_weights_base: float = 0.5  # code: w_l = 1, 1/2, 1/4, ...
+    num_labels: int = 8  # code: k = 8 k-means labels
+    kmeans_iterations: int = 20
+    alpha: float = 1.0  # code: editing strength, 1 = project onto the fidelity affine at every level
+    restarts: int = 3  # code: 3 restarts
+    restart_jitter_deg: float = 2.0  # fide: restarts start from jittered copies of the best candidates
+    quality_flag_below: float = 0.05  # fide: NMI below this marks a pair as doubtful in results.csv
+
+
+@dataclass
+class DeformableConfig:
+    """Final regularised deformable residual (the paper's output is affine; this stage is fide's addition)."""
+
+    enabled: bool = True
+    size_px: int = 256
+    grid_spacing_px: int = 8  # control grid spacing at the working size
+    iterations: int = 60
+    learning_rate: float = 0.05
+    diffusion_weight: float = 1.0  # convexAdam: lambda 1.25 x diffusion; tuned on synthetic validation
+    mind_radius: int = 1  # convexAdam: MIND-SSC radius 1, dilation 2
+    mind_dilation: int = 2
+    max_disp_px: float = 12.0  # fide: the residual is small by construction; larger moves are rejected
+
+
+@dataclass
+class EncoderConfig:
+    """Learned modality encoders (B-NCE); used when weights are present and features == "learned"."""
+
+    features: str = "auto"  # "auto" | "learned" | "handcrafted"
+    weights: str = ""  # path to a .pt checkpoint; "" = the shipped default in weights/
+    out_channels: int = 1  # paper: 1 channel
+    # fide: MONAI BasicUNet widths (5 encoder levels + the last decoder level); ~0.17 M parameters per network,
+    # ~0.3 s per 256^2 image on one CPU core (the paper's Tiramisu is ~10x slower)
+    unet_features: tuple[int, ...] = (16, 16, 32, 32, 64, 16)
+    # fide: longest side of the fixed image the encoders see (both images resized by one factor), = the pipeline's
+    # working size; stored in the checkpoint, which wins over this value when weights are loaded
+    size_px: int = 256
+    common_range: bool = True  # code: outputs mapped to the common [p1, p99] range before matching and LNCC
+
+
+@dataclass
+class FideConfig:
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    prealign: PrealignConfig = field(default_factory=PrealignConfig)
+    optimise: OptimiseConfig = field(default_factory=OptimiseConfig)
+    deformable: DeformableConfig = field(default_factory=DeformableConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    stages: str = "deformable"  # last stage to run, one of STAGES
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stages not in STAGES:
+            raise ValueError(f"stages must be one of {STAGES}, got {self.stages!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    def runs(self, stage: str) -> bool:
+        """Whether ``stage`` is part of the selected prefix of the pipeline."""
+        return STAGES.index(stage) <= STAGES.index(self.stages)
+
+
+def config_from_dict(values: dict[str, Any]) -> FideConfig:
+    """Build a config from a (possibly partial) nested dict; unknown keys are an error, not ignored."""
+    sections = {f.name: f for f in dataclasses.fields(FideConfig)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in sections:
+            raise ValueError(f"unknown config key {key!r}, expected one of {sorted(sections)}")
+        section_type = sections[key].default_factory if isinstance(value, dict) else None  # type: ignore[misc]
+        if section_type is not None and dataclasses.is_dataclass(section_type):
+            known = {f.name for f in dataclasses.fields(section_type)}
+            unknown = set(value) - known
+            if unknown:
+                raise ValueError(f"unknown keys {sorted(unknown)} in config section {key!r}, expected {sorted(known)}")
+            kwargs[key] = section_type(**value)
+        else:
+            kwargs[key] = value
+    return FideConfig(**kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Training of the learned encoders with B-NCE (``fide train``); sizes are at the encoders' working size."""
+
+    epochs: int = 40
+    max_steps: int = 0  # fide: stop after this many optimiser steps in total (0 = no cap)
+    learning_rate: float = 4e-4  # code: Adam, lr 4e-4, amsgrad, no weight decay, no schedule
+    weight_decay: float = 0.0
+    amsgrad: bool = True
+    grad_clip: float = 1.0  # code: gradient-norm clip 1.0
+    crop_px: int = 256  # fide: random crop of the augmented working-size pair (the whole image at 256)
+    num_patches: int = 64  # code: n = 64 patches per direction
+    patch_px: int = 64  # fide: the code's 128 px at 832^2 is ~40 px at 256^2; 64 keeps 32^2 positions per patch
+    pool_kernel: int = 3  # fide: the code's kernel 5 / stride 2 at 832^2, scaled to the working size
+    pool_stride: int = 2
+    critic: str = "l1"  # code: "l1" (tau 0.5); paper: "cosine"
+    temperature: float = 0.5
+    nce_weight: float = 0.1  # code: 0.1 x NCE(BF->SHG) + 0.1 x NCE(SHG->BF)
+    flip_prob: float = 0.5  # code: joint horizontal and vertical flips, p 0.5 each
+    affine_prob: float = 1.0  # code: joint random affine on every sample
+    max_scale: float = 0.15  # code: scale, translation (fraction of the size), rotation (rad), shear ranges
+    max_translation: float = 0.15
+    max_rotation_rad: float = 0.7853981633974483  # pi / 4
+    max_shear: float = 0.15
+    intensity_prob: float = 0.5  # code: independent quadratic Bezier intensity curve per image, p 0.5
+    val_pairs: int = 0  # fide: validation pairs with landmarks used per epoch (0 = all)
+    seed: int = 0

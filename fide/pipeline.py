@@ -1,0 +1,168 @@
+"""The registration of one pair: preprocess → features → global search → pre-alignment → optimisation → field.
+
+Every stage is a function over tensors living in its own module; this module only wires them together and keeps
+the best of several restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from fide import geometry
+from fide.config import FideConfig
+from fide.features import kmeans_labels, mind_ssc, one_hot_labels
+from fide.optimise.deformable import optimise_deformable
+from fide.optimise.instance import WorkingPair, label_nmi, make_working_pair, optimise_affine
+from fide.optimise.losses import LabelNMILoss
+from fide.prealign.prealign import prealign_affine
+from fide.prealign.search import search_similarity
+from fide.preprocess import PreparedImage, prepare_pair
+
+__all__ = ["RegistrationResult", "register_pair", "FeatureFn", "handcrafted_features"]
+
+logger = logging.getLogger(__name__)
+
+FeatureFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class RegistrationResult:
+    """Output of :func:`register_pair`.
+
+    Attributes:
+        disp: (1, 2, H, W) displacement on the fixed grid, pixels, fixed to moving.
+        affine: (3, 3) the affine part, fixed to moving, pixels.
+        quality: full-resolution NMI of the label maps under ``disp``, in [0, 1] (higher is better).
+        stage_affines: the affine after each stage that ran (for ablations and QC).
+        seconds: wall time per stage.
+    """
+
+    disp: torch.Tensor
+    affine: torch.Tensor
+    quality: float
+    stage_affines: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def handcrafted_features(fixed: torch.Tensor, moving: torch.Tensor, radius: int = 1, dilation: int = 2):
+    """MIND-SSC of both modality-robust intensity channels: (1, 1, h, w) each → (1, 6, h, w) each."""
+    return mind_ssc(fixed, radius, dilation), mind_ssc(moving, radius, dilation)
+
+
+def _centroid(mask: torch.Tensor) -> torch.Tensor:
+    """Centre of mass of a (1, 1, H, W) mask (the image centre when empty), pixels, array order."""
+    weights = mask[0, 0].float()
+    if float(weights.sum()) < 1:
+        return torch.tensor([(n - 1) / 2 for n in mask.shape[-2:]])
+    grid = geometry.identity_grid(mask.shape[-2:])
+    return (grid * weights).sum((1, 2)) / weights.sum()
+
+
+def _full_resolution_nmi(
+    fixed_labels: torch.Tensor, moving_labels: torch.Tensor, disp: torch.Tensor, num_labels: int
+) -> float:
+    return float(label_nmi(LabelNMILoss(num_labels), fixed_labels.float(), moving_labels.float(), disp)[0])
+
+
+def register_pair(
+    fixed_image: torch.Tensor,
+    moving_image: torch.Tensor,
+    cfg: FideConfig | None = None,
+    *,
+    device: torch.device | str | None = None,
+    features: FeatureFn | None = None,
+) -> RegistrationResult:
+    """Register one SHG (fixed) / bright-field (moving) pair.
+
+    Args:
+        fixed_image: (C, H, W) raw fixed image, C in {1, 3}.
+        moving_image: (C, Hm, Wm) raw moving image; its size may differ from the fixed one.
+        cfg: hyper-parameters; ``cfg.stages`` selects a prefix of the pipeline.
+        device: where to compute; the inputs' device when None.
+        features: feature extractor for matching and LNCC; MIND-SSC (handcrafted) when None.
+
+    Returns:
+        The field on the fixed grid and its quality score.
+    """
+    cfg = cfg or FideConfig()
+    device = torch.device(device) if device is not None else fixed_image.device
+    generator_seed = cfg.seed
+    timings: dict[str, float] = {}
+    stage_affines: dict[str, torch.Tensor] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - clock
+        clock = now
+
+    fixed, moving = prepare_pair(fixed_image.to(device), moving_image.to(device), cfg.preprocess)
+    feature_fn = features or (
+        lambda f, m: handcrafted_features(f, m, cfg.deformable.mind_radius, cfg.deformable.mind_dilation)
+    )
+    opt = cfg.optimise
+    fixed_labels = kmeans_labels(fixed.colour, opt.num_labels, iterations=opt.kmeans_iterations, seed=generator_seed)
+    moving_labels = kmeans_labels(moving.colour, opt.num_labels, iterations=opt.kmeans_iterations, seed=generator_seed)
+    lap("preprocess")
+
+    candidates = _search(fixed, moving, cfg)
+    stage_affines["search"] = candidates[0]
+    lap("search")
+
+    working = make_working_pair(fixed, moving, fixed_labels, moving_labels, opt.size_px, feature_fn)
+    nmi_loss = LabelNMILoss(opt.num_labels)
+    starts = []
+    for affine in candidates[: max(1, opt.restarts)]:
+        if cfg.runs("prealign"):
+            refined, _ = prealign_affine(working, affine, cfg.prealign)
+            if _working_nmi(nmi_loss, working, refined) >= _working_nmi(nmi_loss, working, affine):
+                affine = refined  # keypoints are checked against the search, never trusted blindly
+        starts.append(affine)
+    stage_affines["prealign"] = starts[0]
+    lap("prealign")
+
+    best_affine, best_quality = starts[0], -1.0
+    for affine in starts:
+        if cfg.runs("affine"):
+            affine, _ = optimise_affine(working, affine, opt)
+        disp = geometry.affine_to_disp(affine[None], fixed.shape)
+        quality = _full_resolution_nmi(fixed_labels, moving_labels, disp, opt.num_labels)
+        if quality > best_quality:
+            best_affine, best_quality = affine, quality
+    if cfg.runs("affine"):
+        stage_affines["affine"] = best_affine
+    lap("affine")
+
+    disp = geometry.affine_to_disp(best_affine[None], fixed.shape)
+    if cfg.runs("deformable") and cfg.deformable.enabled:
+        deformed = optimise_deformable(working, best_affine, fixed.shape, cfg.deformable)
+        quality = _full_resolution_nmi(fixed_labels, moving_labels, deformed, opt.num_labels)
+        if quality >= best_quality:  # the residual must not lower the full-resolution similarity
+            disp, best_quality = deformed, quality
+        lap("deformable")
+    return RegistrationResult(disp.detach(), best_affine.detach(), best_quality, stage_affines, timings)
+
+
+def _working_nmi(loss: LabelNMILoss, working: WorkingPair, affine: torch.Tensor) -> float:
+    level = geometry.rescale_affine(affine, working.fixed_factors, working.moving_factors)[None]
+    disp = geometry.affine_to_disp(level.to(working.fixed_features), working.shape)
+    return float(label_nmi(loss, working.fixed_labels, working.moving_labels, disp)[0])
+
+
+def _search(fixed: PreparedImage, moving: PreparedImage, cfg: FideConfig) -> list[torch.Tensor]:
+    """Global search candidates (full-resolution affines), best first."""
+    k = cfg.search.num_labels
+    seed = cfg.seed
+    fixed_onehot = one_hot_labels(kmeans_labels(fixed.colour, k, seed=seed), k)
+    moving_onehot = one_hot_labels(kmeans_labels(moving.colour, k, seed=seed), k)
+    centres = (_centroid(fixed.tissue), _centroid(moving.tissue))
+    candidates = search_similarity(fixed_onehot, moving_onehot, centres, cfg.search)
+    for c in candidates:
+        logger.debug("search candidate: %.1f°, scale %.3f, MI %.4f", c.angle_deg, c.scale, c.score)
+    return [c.affine for c in candidates]

@@ -1,0 +1,225 @@
+"""Exhaustive global initialisation: rotation x scale (x mirror), every translation at once.
+
+For each candidate similarity the moving label indicators are resampled into the fixed frame and the joint label
+counts of *all* translations come from FFT cross-correlations (the cross mutual information function, CMIF, of
+Öfverstedt et al., Pattern Recognit. Lett. 2022, used by the organisers' baseline). A 180° rotation is exactly as
+easy to find as a 5° one, because every angle is scored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fide import geometry
+from fide.config import SearchConfig
+
+__all__ = ["Candidate", "cross_mutual_information", "search_similarity", "refine_similarity"]
+
+
+@dataclass
+class Candidate:
+    """One similarity hypothesis, fixed to moving, in full-resolution pixels."""
+
+    affine: torch.Tensor  # (3, 3)
+    angle_deg: float
+    scale: float
+    mirror: bool
+    score: float  # mutual information (nats) at the search level
+
+
+def cross_mutual_information(
+    fixed_onehot: torch.Tensor, moving_onehot: torch.Tensor, min_overlap: float
+) -> torch.Tensor:
+    """Mutual information between two label images for every circular shift.
+
+    Args:
+        fixed_onehot: (K, N, N) fixed label indicators on the canvas (zero outside the fixed image).
+        moving_onehot: (B, K, N, N) moving label indicators of B candidates (zero outside the moving image).
+        min_overlap: shifts whose overlap is below this fraction of the smaller image are scored -inf.
+
+    Returns:
+        (B, N, N) MI in nats; entry ``t`` scores ``fixed(q)`` against ``moving(q + t)`` (indices modulo N).
+    """
+    size = fixed_onehot.shape[-2:]
+    fixed_f = torch.fft.rfft2(fixed_onehot)  # (K, N, N/2+1)
+    moving_f = torch.fft.rfft2(moving_onehot)  # (B, K, N, N/2+1)
+    cross = fixed_f.conj()[None, :, None] * moving_f[:, None, :]  # (B, Ka, Kb, N, N/2+1)
+    joint = torch.fft.irfft2(cross, s=size).clamp(min=0)  # (B, Ka, Kb, N, N)
+    marginal_fixed = joint.sum(2)  # (B, Ka, N, N): fixed label counts inside the overlap
+    marginal_moving = joint.sum(1)
+    overlap = marginal_fixed.sum(1)  # (B, N, N)
+    eps = 1e-6
+    joint_term = (joint * torch.log(joint + eps)).sum((1, 2))
+    fixed_term = (marginal_fixed * torch.log(marginal_fixed + eps)).sum(1)
+    moving_term = (marginal_moving * torch.log(marginal_moving + eps)).sum(1)
+    mi = (joint_term - fixed_term - moving_term) / overlap.clamp(min=eps) + torch.log(overlap.clamp(min=eps))
+    smaller = min(float(fixed_onehot.sum()), float(moving_onehot[0].sum()))
+    return torch.where(overlap >= min_overlap * smaller, mi, torch.full_like(mi, -math.inf))
+
+
+@dataclass
+class _Level:
+    """Label indicators of both images at one search resolution."""
+
+    fixed: torch.Tensor  # (K, hf, wf)
+    moving: torch.Tensor  # (1, K, hm, wm)
+    fixed_factors: tuple[float, float]  # full-res → level pixel factors
+    moving_factors: tuple[float, float]
+
+
+def _level(fixed_onehot: torch.Tensor, moving_onehot: torch.Tensor, size_px: int) -> _Level:
+    """Area-downsample full-resolution indicators so the fixed image's longest side is ``size_px``."""
+    factor = size_px / max(fixed_onehot.shape[-2:])
+    shapes = [tuple(max(2, round(n * factor)) for n in t.shape[-2:]) for t in (fixed_onehot, moving_onehot)]
+    fixed = geometry.downsample(fixed_onehot, shapes[0])[0]
+    moving = geometry.downsample(moving_onehot, shapes[1])
+    return _Level(
+        fixed,
+        moving,
+        geometry.scale_factors(fixed_onehot.shape[-2:], shapes[0]),
+        geometry.scale_factors(moving_onehot.shape[-2:], shapes[1]),
+    )
+
+
+def _score_candidates(
+    level: _Level,
+    level_affines: torch.Tensor,
+    max_shift: int,
+    min_overlap: float,
+    batch: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best translation and its MI for each candidate affine (given without its final translation search).
+
+    Args:
+        level_affines: (B, 3, 3) fixed → moving at the level's pixels.
+        max_shift: translations searched in [-max_shift, max_shift]^2 level pixels (fixed-frame shift).
+
+    Returns:
+        (B,) best MI and (B, 2) the fixed-frame shift t (level pixels) achieving it: p ↦ A (p + t).
+    """
+    hf, wf = level.fixed.shape[-2:]
+    size = (hf + 2 * max_shift, wf + 2 * max_shift)
+    canvas_fixed = F.pad(level.fixed, (max_shift, max_shift, max_shift, max_shift))
+    # canvas pixel q is fixed pixel q - max_shift; fixed labels get a validity channel via the one-hot sum
+    to_canvas = torch.eye(3, dtype=level_affines.dtype)
+    to_canvas[:2, 2] = -max_shift
+    scores, shifts = [], []
+    for chunk in level_affines.split(batch):
+        disp = geometry.affine_to_disp(chunk @ to_canvas, size)
+        warped = geometry.warp(level.moving.expand(len(chunk), -1, -1, -1), disp)
+        mi = cross_mutual_information(canvas_fixed, warped, min_overlap)
+        # circular index → signed shift, keeping only |t| <= max_shift
+        rows = torch.arange(size[0])
+        cols = torch.arange(size[1])
+        rows = torch.where(rows > size[0] // 2, rows - size[0], rows)
+        cols = torch.where(cols > size[1] // 2, cols - size[1], cols)
+        valid = (rows.abs()[:, None] <= max_shift) & (cols.abs()[None, :] <= max_shift)
+        mi = torch.where(valid, mi, torch.full_like(mi, -math.inf))
+        best, index = mi.flatten(1).max(dim=1)
+        scores.append(best)
+        shifts.append(torch.stack([rows[index // size[1]], cols[index % size[1]]], dim=1).to(chunk))
+    return torch.cat(scores), torch.cat(shifts)
+
+
+def _to_full_resolution(level: _Level, level_affines: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    shifted = level_affines.clone()
+    shifted[:, :2, 2] += (level_affines[:, :2, :2] @ shifts.unsqueeze(-1)).squeeze(-1)
+    inv_f = [1 / f for f in level.fixed_factors]
+    inv_m = [1 / f for f in level.moving_factors]
+    return geometry.rescale_affine(shifted, inv_f, inv_m)
+
+
+def _candidate_affines(
+    level: _Level, centres: tuple[torch.Tensor, torch.Tensor], angles_deg, scales, mirrors
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Level-pixel similarity affines for every (angle, scale, mirror) and their parameter table (B, 3)."""
+    grid = torch.tensor([(a, s, float(m)) for m in mirrors for s in scales for a in angles_deg], dtype=torch.float32)
+    centre_fixed = centres[0] * torch.tensor(level.fixed_factors)
+    centre_moving = centres[1] * torch.tensor(level.moving_factors)
+    affines = geometry.similarity_matrix(
+        torch.deg2rad(grid[:, 0]), grid[:, 1], centre_fixed, centre_moving, grid[:, 2] > 0.5
+    )
+    return affines, grid
+
+
+def _distinct(grid: torch.Tensor, scores: torch.Tensor, top_k: int, min_angle_deg: float) -> list[int]:
+    order = torch.argsort(scores, descending=True).tolist()
+    kept: list[int] = []
+    for index in order:
+        if not math.isfinite(float(scores[index])):
+            break
+        angle, scale, mirror = grid[index].tolist()
+        if all(
+            mirror != grid[j, 2]
+            or abs((angle - float(grid[j, 0]) + 180) % 360 - 180) > min_angle_deg
+            or abs(math.log(scale / float(grid[j, 1]))) > 0.12
+            for j in kept
+        ):
+            kept.append(index)
+        if len(kept) == top_k:
+            break
+    return kept
+
+
+def search_similarity(
+    fixed_onehot: torch.Tensor,
+    moving_onehot: torch.Tensor,
+    centres: tuple[torch.Tensor, torch.Tensor],
+    cfg: SearchConfig,
+) -> list[Candidate]:
+    """Stage-2 entry: exhaustive rotation/scale/mirror search with all translations scored at once.
+
+    Args:
+        fixed_onehot: (1, K, H, W) fixed label indicators, full resolution.
+        moving_onehot: (1, K, Hm, Wm) moving label indicators, full resolution.
+        centres: (2,) fixed and (2,) moving rotation centres (e.g. tissue centroids), pixels, array order.
+        cfg: search settings.
+
+    Returns:
+        Up to ``cfg.top_k`` distinct candidates, best first, refined at ``cfg.refine_size_px``.
+    """
+    level = _level(fixed_onehot, moving_onehot, cfg.size_px)
+    angles = torch.arange(-180.0, 180.0, cfg.angle_step_deg).tolist()
+    scales = torch.logspace(math.log10(cfg.scale_min), math.log10(cfg.scale_max), cfg.scale_steps).tolist()
+    mirrors = (False, True) if cfg.mirror else (False,)
+    affines, grid = _candidate_affines(level, centres, angles, scales, mirrors)
+    max_shift = max(2, round(0.35 * max(level.fixed.shape[-2:])))
+    scores, shifts = _score_candidates(level, affines, max_shift, cfg.min_overlap, cfg.batch)
+    kept = _distinct(grid, scores, cfg.top_k, min_angle_deg=2.5 * cfg.angle_step_deg)
+    full = _to_full_resolution(level, affines[kept], shifts[kept])
+    coarse = [
+        Candidate(full[n], float(grid[i, 0]), float(grid[i, 1]), bool(grid[i, 2] > 0.5), float(scores[i]))
+        for n, i in enumerate(kept)
+    ]
+    return [refine_similarity(fixed_onehot, moving_onehot, c, cfg) for c in coarse]
+
+
+def refine_similarity(
+    fixed_onehot: torch.Tensor, moving_onehot: torch.Tensor, candidate: Candidate, cfg: SearchConfig
+) -> Candidate:
+    """Finer sweep of angle and scale around one candidate at ``cfg.refine_size_px``, translations by FFT again."""
+    level = _level(fixed_onehot, moving_onehot, cfg.refine_size_px)
+    base = geometry.rescale_affine(candidate.affine[None], level.fixed_factors, level.moving_factors)[0]
+    angles = torch.linspace(-cfg.refine_angle_deg, cfg.refine_angle_deg, cfg.refine_angle_steps)
+    log_ratio = math.log(cfg.refine_scale_ratio)
+    scales = torch.exp(torch.linspace(-log_ratio, log_ratio, cfg.refine_scale_steps))
+    # perturb about the fixed image centre: A' = A ∘ (rotate/scale about c)
+    centre = torch.tensor([(n - 1) / 2 for n in level.fixed.shape[-2:]])
+    grid = torch.tensor([(a, s) for s in scales.tolist() for a in angles.tolist()], dtype=torch.float32)
+    local = geometry.similarity_matrix(torch.deg2rad(grid[:, 0]), grid[:, 1], centre, centre)
+    affines = base[None] @ local
+    max_shift = max(2, round(0.06 * max(level.fixed.shape[-2:])))
+    scores, shifts = _score_candidates(level, affines, max_shift, cfg.min_overlap, cfg.batch)
+    best = int(scores.argmax())
+    full = _to_full_resolution(level, affines[best : best + 1], shifts[best : best + 1])[0]
+    return Candidate(
+        full,
+        candidate.angle_deg + float(grid[best, 0]),
+        candidate.scale * float(grid[best, 1]),
+        candidate.mirror,
+        float(scores[best]),
+    )

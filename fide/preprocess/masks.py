@@ -1,0 +1,85 @@
+"""Tissue and fidelity masks of SHG and bright-field images."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.layers import GaussianFilter
+
+from fide.config import PreprocessConfig
+
+__all__ = ["shg_foreground", "shg_footprint", "bf_tissue", "bf_fill", "tissue_mask", "fill_with_background"]
+
+
+def shg_foreground(shg: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
+    """Pixels carrying SHG signal, the code's fidelity mask ``SHG >= 1``: (B, 1, H, W) raw → (B, 1, H, W) bool."""
+    return shg >= threshold
+
+
+def shg_footprint(shg: torch.Tensor, sigma_px: float = 4.0, threshold: float = 2.0) -> torch.Tensor:
+    """Tissue footprint of an SHG image: the Gaussian-smoothed signal above ``threshold`` (raw counts).
+
+    Fibres are thin and sparse; smoothing turns them into the area of the core they belong to.
+    """
+    smooth = GaussianFilter(spatial_dims=2, sigma=sigma_px)(shg.float())
+    return smooth > threshold
+
+
+def _hsv_saturation_value(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    value = rgb.amax(dim=1, keepdim=True)
+    saturation = (value - rgb.amin(dim=1, keepdim=True)) / value.clamp(min=1e-6)
+    return saturation, value
+
+
+def bf_fill(rgb: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
+    """Black, unsaturated corner fill of a rotated bright-field image: (B, 3, H, W) raw → (B, 1, H, W) bool."""
+    cfg = cfg or PreprocessConfig()
+    saturation, value = _hsv_saturation_value(rgb / 255.0)
+    return (saturation < cfg.bf_max_saturation) & (value < cfg.bf_fill_value)
+
+
+def bf_tissue(rgb: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
+    """Stained tissue of a bright-field image: NOT (unsaturated and bright), and not black fill.
+
+    Args:
+        rgb: (B, 3, H, W) raw RGB in [0, 255].
+
+    Returns:
+        (B, 1, H, W) bool. The grey-blue backgrounds of some slides (127, 135, 145) count as background.
+    """
+    cfg = cfg or PreprocessConfig()
+    saturation, value = _hsv_saturation_value(rgb / 255.0)
+    background = (saturation < cfg.bf_max_saturation) & (value > cfg.bf_min_value)
+    return ~background & ~bf_fill(rgb, cfg)
+
+
+def tissue_mask(image: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
+    """Tissue mask of either modality: SHG footprint for 1 channel, bright-field tissue for RGB."""
+    cfg = cfg or PreprocessConfig()
+    if image.shape[1] == 1:
+        return shg_footprint(image, cfg.shg_mask_sigma_px, cfg.shg_footprint_threshold)
+    if image.shape[1] == 3:
+        return bf_tissue(image, cfg)
+    raise ValueError(f"image must have 1 (SHG) or 3 (RGB) channels, got shape {tuple(image.shape)}")
+
+
+def fill_with_background(rgb: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
+    """Replace black corner fill by the slide's background colour so fill never looks like tissue.
+
+    Args:
+        rgb: (B, 3, H, W) raw RGB.
+
+    Returns:
+        (B, 3, H, W) with fill pixels set to the median colour of the bright background (white when there is none).
+    """
+    cfg = cfg or PreprocessConfig()
+    fill = bf_fill(rgb, cfg)
+    if not bool(fill.any()):
+        return rgb
+    out = rgb.clone()
+    saturation, value = _hsv_saturation_value(rgb / 255.0)
+    background = (saturation < cfg.bf_max_saturation) & (value > cfg.bf_min_value)
+    for b in range(rgb.shape[0]):
+        bg = background[b, 0]
+        colour = rgb[b][:, bg].median(dim=1).values if int(bg.sum()) > 16 else rgb.new_full((3,), 255.0)
+        out[b] = torch.where(fill[b], colour.view(3, 1, 1), rgb[b])
+    return out

@@ -1,0 +1,129 @@
+"""Coordinate conventions: round trips that fail if two axes are swapped or a sign flips."""
+
+import math
+
+import pytest
+import torch
+
+from fide import geometry
+
+
+def _ramp(height=20, width=30):
+    grid = geometry.identity_grid((height, width))
+    return torch.stack([grid[0], grid[1] * 10])[None]  # channel 0 = i, channel 1 = 10 j
+
+
+def test_identity_grid_is_array_order():
+    grid = geometry.identity_grid((3, 5))
+    assert grid.shape == (2, 3, 5)
+    assert grid[0, 2, 4] == 2 and grid[1, 2, 4] == 4
+
+
+def test_warp_constant_shift_samples_at_p_plus_u():
+    image = _ramp()
+    disp = torch.zeros(1, 2, 20, 30)
+    disp[:, 0] = 2.0  # +2 along axis 0
+    disp[:, 1] = -3.0  # -3 along axis 1
+    warped = geometry.warp(image, disp)
+    # moving(p + u): channel 0 reads i + 2, channel 1 reads 10 (j - 3)
+    assert torch.allclose(warped[0, 0, 5, 10], torch.tensor(7.0))
+    assert torch.allclose(warped[0, 1, 5, 10], torch.tensor(70.0))
+
+
+def test_warp_moving_of_other_size_uses_its_own_grid():
+    moving = _ramp(40, 50)
+    disp = torch.zeros(1, 2, 10, 12)
+    disp[:, 0], disp[:, 1] = 20.0, 30.0
+    warped = geometry.warp(moving, disp)
+    assert torch.allclose(warped[0, 0, 1, 2], torch.tensor(21.0), atol=1e-4)
+    assert torch.allclose(warped[0, 1, 1, 2], torch.tensor(320.0), atol=1e-3)
+
+
+def test_affine_to_disp_matches_point_mapping():
+    affine = torch.tensor([[[0.9, 0.2, 3.0], [-0.1, 1.1, -2.0], [0, 0, 1]]])
+    disp = geometry.affine_to_disp(affine, (15, 25))
+    points = torch.tensor([[4.0, 7.0], [10.0, 20.0]])
+    expected = geometry.apply_affine_to_points(affine[0], points)
+    assert torch.allclose(geometry.map_points(points, disp), expected, atol=1e-5)
+    # explicit: axis-0 component of A @ [4, 7, 1]
+    assert math.isclose(float(expected[0, 0]), 0.9 * 4 + 0.2 * 7 + 3.0, rel_tol=1e-6)
+
+
+def test_fit_affine_recovers_affine_and_respects_weights():
+    affine = torch.tensor([[[1.05, -0.2, 4.0], [0.15, 0.95, -6.0], [0, 0, 1]]])
+    disp = geometry.affine_to_disp(affine, (40, 60))
+    assert torch.allclose(geometry.fit_affine(disp), affine, atol=1e-3)
+    corrupted = disp.clone()
+    corrupted[:, :, :, 30:] += 25.0  # garbage outside the fidelity region
+    weight = torch.zeros(1, 1, 40, 60)
+    weight[..., :30] = 1
+    assert torch.allclose(geometry.fit_affine(corrupted, weight), affine, atol=1e-3)
+
+
+def test_compose_equals_sequential_warping():
+    # a coordinate ramp is reproduced exactly by bilinear warping, so sequential warping is an exact reference
+    ramp = geometry.identity_grid((40, 40))[None] * 1.0
+    outer = geometry.affine_to_disp(torch.tensor([[[0.95, 0.1, 2.0], [-0.1, 0.95, 3.0], [0, 0, 1]]]), (40, 40))
+    inner = 2 * torch.sin(geometry.identity_grid((40, 40))[None] / 7.0)
+    once = geometry.warp(ramp, geometry.compose(outer, inner))
+    twice = geometry.warp(geometry.warp(ramp, outer), inner)
+    inside = (slice(None), slice(None), slice(6, -6), slice(6, -6))
+    assert (once[inside] - twice[inside]).abs().max() < 1e-3
+    # adding instead of composing is wrong by the outer map's linear part applied to the inner field
+    added = geometry.warp(ramp, outer + inner)
+    assert (added[inside] - twice[inside]).abs().max() > 0.1
+
+
+def test_compose_affine_order():
+    shift = torch.tensor([[1.0, 0, 5], [0, 1, 0], [0, 0, 1]])
+    rot = torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    point = torch.tensor([[1.0, 2.0]])
+    both = geometry.apply_affine_to_points(geometry.compose_affine(shift, rot), point)
+    assert torch.allclose(both, geometry.apply_affine_to_points(shift, geometry.apply_affine_to_points(rot, point)))
+
+
+@pytest.mark.parametrize("shape", [(21, 31), (40, 17)])
+def test_resize_disp_and_rescale_affine_agree(shape):
+    affine = torch.tensor([[0.8, 0.3, 2.0], [-0.3, 0.8, 1.0], [0, 0, 1]])
+    small = (11, 16)
+    factors = geometry.scale_factors(shape, small)
+    disp_small = geometry.resize_disp(geometry.affine_to_disp(affine[None], shape), small)
+    expected = geometry.affine_to_disp(geometry.rescale_affine(affine, factors, factors)[None], small)
+    assert torch.allclose(disp_small, expected, atol=1e-4)
+
+
+def test_downsample_keeps_corner_aligned_centres_under_rotation():
+    """Area pooling would shift low-resolution centres by half a pixel; rotation makes that a real error."""
+    grid = geometry.identity_grid((64, 64))
+    image = torch.exp(-((grid[0] - 20) ** 2 + (grid[1] - 41) ** 2) / 30)[None, None]
+    small = geometry.downsample(image, (16, 16))
+    peak = torch.nonzero(small[0, 0] == small.max())[0].float()
+    factor = geometry.scale_factors((64, 64), (16, 16))[0]
+    assert torch.allclose(peak, torch.tensor([20.0, 41.0]) * factor, atol=0.6)
+    nearest = geometry.resize_image(image, (16, 16), mode="nearest")
+    assert nearest[0, 0, 0, 0] == image[0, 0, 0, 0] and nearest[0, 0, -1, -1] == image[0, 0, -1, -1]
+
+
+def test_similarity_matrix_rotates_i_towards_j():
+    affine = geometry.similarity_matrix(
+        torch.tensor([math.pi / 2]), torch.tensor([2.0]), torch.tensor([0.0, 0.0]), torch.tensor([10.0, 20.0])
+    )[0]
+    moved = geometry.apply_affine_to_points(affine, torch.tensor([[1.0, 0.0]]))
+    assert torch.allclose(moved, torch.tensor([[10.0, 22.0]]), atol=1e-5)
+    mirrored = geometry.similarity_matrix(
+        torch.tensor([0.0]), torch.tensor([1.0]), torch.zeros(2), torch.zeros(2), torch.tensor([True])
+    )[0]
+    assert torch.allclose(geometry.apply_affine_to_points(mirrored, torch.tensor([[1.0, 2.0]])), torch.tensor([[1.0, -2.0]]))
+
+
+def test_jacobian_determinant_of_linear_map():
+    affine = torch.tensor([[[1.2, 0.1, 0], [0.0, 0.5, 0], [0, 0, 1]]])
+    det = geometry.jacobian_determinant(geometry.affine_to_disp(affine, (10, 12)))
+    assert torch.allclose(det, torch.full_like(det, 0.6), atol=1e-5)
+
+
+def test_bad_shapes_raise_value_error():
+    with pytest.raises(ValueError, match="disp must have shape"):
+        geometry.warp(torch.zeros(1, 1, 4, 4), torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="weight must have shape"):
+        geometry.fit_affine(torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 5, 4))
