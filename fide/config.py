@@ -52,14 +52,16 @@ class SearchConfig:
     scale_max: float = 1.35
     scale_steps: int = 9
     mirror: bool = False  # fide: tissue sections are not mirrored in the challenge; enable for flipped slides
+    max_shift: float = 0.25  # fide: translations up to this fraction of the image side, from the tissue centroids
     min_overlap: float = 0.5  # globalign: at least 50 % overlap
-    batch: int = 12  # candidates per FFT batch (memory ~ batch * K^2 * canvas^2 complex)
+    batch: int = 24  # candidates per FFT batch (memory ~ batch * K^2 * canvas^2 complex)
     top_k: int = 4  # distinct candidates handed on to refinement / restarts
     refine_size_px: int = 128  # fide: second, finer level of the search around each candidate
     refine_angle_deg: float = 4.0  # +- range of the fine angle sweep
     refine_angle_steps: int = 9
     refine_scale_steps: int = 5
     refine_scale_ratio: float = 1.06  # +- ratio of the fine scale sweep
+    refine_max_shift: float = 0.06  # translations of the fine sweep, fraction of the image side
 
 
 @dataclass
@@ -196,5 +198,9 @@ class TrainConfig:
     max_rotation_rad: float = 0.7853981633974483  # pi / 4
     max_shear: float = 0.15
     intensity_prob: float = 0.5  # code: independent quadratic Bezier intensity curve per image, p 0.5
+    validation: str = "auto"  # fide: "auto" (pre-alignment TRE when possible) | "prealign" | "bnce"
     val_pairs: int = 0  # fide: validation pairs with landmarks used per epoch (0 = all)
+    # fide: scores within this of the lowest so far are ties, decided by the tie-break (held-out B-NCE); in TRE
+    # pixels, 0.2 px at 834^2 is below what 4 validation pairs can resolve
+    val_tolerance: float = 0.2
     seed: int = 0

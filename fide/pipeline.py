@@ -15,7 +15,7 @@ import torch
 
 from fide import geometry
 from fide.config import FideConfig
-from fide.features import kmeans_labels, mind_ssc, one_hot_labels
+from fide.features import kmeans_labels, mind_ssc
 from fide.optimise.deformable import optimise_deformable
 from fide.optimise.instance import WorkingPair, label_nmi, make_working_pair, optimise_affine
 from fide.optimise.losses import LabelNMILoss
@@ -100,6 +100,7 @@ def register_pair(
         nonlocal clock
         now = time.perf_counter()
         timings[name] = timings.get(name, 0.0) + now - clock
+        logger.debug("%s: %.2f s", name, now - clock)
         clock = now
 
     fixed, moving = prepare_pair(fixed_image.to(device), moving_image.to(device), cfg.preprocess)
@@ -157,12 +158,8 @@ def _working_nmi(loss: LabelNMILoss, working: WorkingPair, affine: torch.Tensor)
 
 def _search(fixed: PreparedImage, moving: PreparedImage, cfg: FideConfig) -> list[torch.Tensor]:
     """Global search candidates (full-resolution affines), best first."""
-    k = cfg.search.num_labels
-    seed = cfg.seed
-    fixed_onehot = one_hot_labels(kmeans_labels(fixed.colour, k, seed=seed), k)
-    moving_onehot = one_hot_labels(kmeans_labels(moving.colour, k, seed=seed), k)
     centres = (_centroid(fixed.tissue), _centroid(moving.tissue))
-    candidates = search_similarity(fixed_onehot, moving_onehot, centres, cfg.search)
+    candidates = search_similarity(fixed.colour, moving.colour, centres, cfg.search, cfg.seed)
     for c in candidates:
         logger.debug("search candidate: %.1f°, scale %.3f, MI %.4f", c.angle_deg, c.scale, c.score)
     return [c.affine for c in candidates]

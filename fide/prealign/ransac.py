@@ -29,7 +29,9 @@ def fit_affine_points(src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor
     design = torch.cat([src - centre, torch.ones_like(src[..., :1])], dim=-1)  # (B, N, 3)
     normal = design.transpose(1, 2) @ (w[..., None] * design)
     normal = normal + 1e-6 * torch.eye(3, dtype=src.dtype, device=src.device)
-    params = torch.linalg.solve(normal, design.transpose(1, 2) @ (w[..., None] * dst)).transpose(1, 2)  # (B, 2, 3)
+    # solve_ex: a collinear minimal sample is a bad hypothesis, not an error; its NaNs never count as inliers
+    params, info = torch.linalg.solve_ex(normal, design.transpose(1, 2) @ (w[..., None] * dst))
+    params = torch.where((info == 0).view(-1, 1, 1), params, torch.full_like(params, float("nan"))).transpose(1, 2)
     affine = torch.zeros(src.shape[0], 3, 3, dtype=src.dtype, device=src.device)
     affine[:, :2, :2] = params[:, :, :2]
     affine[:, :2, 2] = params[:, :, 2] - (params[:, :, :2] @ centre.transpose(1, 2))[..., 0]

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from fide import geometry
 from fide.config import SearchConfig
+from fide.features import kmeans_labels, one_hot_labels
 
-__all__ = ["Candidate", "cross_mutual_information", "search_similarity", "refine_similarity"]
+__all__ = ["Candidate", "cross_mutual_information", "search_similarity"]
 
 
 @dataclass
@@ -32,30 +33,36 @@ class Candidate:
 
 
 def cross_mutual_information(
-    fixed_onehot: torch.Tensor, moving_onehot: torch.Tensor, min_overlap: float
+    fixed_onehot: torch.Tensor, moving_onehot: torch.Tensor, min_overlap: float, max_shift: int | None = None
 ) -> torch.Tensor:
-    """Mutual information between two label images for every circular shift.
+    """Mutual information between two label images for every shift.
 
     Args:
-        fixed_onehot: (K, N, N) fixed label indicators on the canvas (zero outside the fixed image).
-        moving_onehot: (B, K, N, N) moving label indicators of B candidates (zero outside the moving image).
+        fixed_onehot: (K, N, M) fixed label indicators on the canvas (zero outside the fixed image).
+        moving_onehot: (B, K, N, M) moving label indicators of B candidates (zero outside the moving image).
         min_overlap: shifts whose overlap is below this fraction of the smaller image are scored -inf.
+        max_shift: keep only shifts t with |t_i|, |t_j| <= max_shift (the rest wrap around the canvas).
 
     Returns:
-        (B, N, N) MI in nats; entry ``t`` scores ``fixed(q)`` against ``moving(q + t)`` (indices modulo N).
+        (B, S, S) MI in nats for shifts t = -max_shift .. max_shift along each axis (S = 2 max_shift + 1), or
+        (B, N, M) indexed modulo the canvas when ``max_shift`` is None; entry t scores fixed(q) against moving(q + t).
     """
     size = fixed_onehot.shape[-2:]
-    fixed_f = torch.fft.rfft2(fixed_onehot)  # (K, N, N/2+1)
-    moving_f = torch.fft.rfft2(moving_onehot)  # (B, K, N, N/2+1)
-    cross = fixed_f.conj()[None, :, None] * moving_f[:, None, :]  # (B, Ka, Kb, N, N/2+1)
-    joint = torch.fft.irfft2(cross, s=size).clamp(min=0)  # (B, Ka, Kb, N, N)
-    marginal_fixed = joint.sum(2)  # (B, Ka, N, N): fixed label counts inside the overlap
+    fixed_f = torch.fft.rfft2(fixed_onehot)  # (K, N, M/2+1)
+    moving_f = torch.fft.rfft2(moving_onehot)  # (B, K, N, M/2+1)
+    cross = fixed_f.conj()[None, :, None] * moving_f[:, None, :]  # (B, Ka, Kb, N, M/2+1)
+    joint = torch.fft.irfft2(cross, s=size)  # (B, Ka, Kb, N, M)
+    if max_shift is not None:  # the entropy terms below cost more than the FFTs: evaluate them on kept shifts only
+        shifts = torch.arange(-max_shift, max_shift + 1, device=joint.device)
+        joint = joint.index_select(-2, shifts % size[0]).index_select(-1, shifts % size[1])
+    joint = joint.clamp(min=0).contiguous()
+    marginal_fixed = joint.sum(2)  # (B, Ka, S, S): fixed label counts inside the overlap
     marginal_moving = joint.sum(1)
-    overlap = marginal_fixed.sum(1)  # (B, N, N)
+    overlap = marginal_fixed.sum(1)  # (B, S, S)
     eps = 1e-6
-    joint_term = (joint * torch.log(joint + eps)).sum((1, 2))
-    fixed_term = (marginal_fixed * torch.log(marginal_fixed + eps)).sum(1)
-    moving_term = (marginal_moving * torch.log(marginal_moving + eps)).sum(1)
+    joint_term = torch.special.xlogy(joint, joint).sum((1, 2))
+    fixed_term = torch.special.xlogy(marginal_fixed, marginal_fixed).sum(1)
+    moving_term = torch.special.xlogy(marginal_moving, marginal_moving).sum(1)
     mi = (joint_term - fixed_term - moving_term) / overlap.clamp(min=eps) + torch.log(overlap.clamp(min=eps))
     smaller = min(float(fixed_onehot.sum()), float(moving_onehot[0].sum()))
     return torch.where(overlap >= min_overlap * smaller, mi, torch.full_like(mi, -math.inf))
@@ -71,17 +78,23 @@ class _Level:
     moving_factors: tuple[float, float]
 
 
-def _level(fixed_onehot: torch.Tensor, moving_onehot: torch.Tensor, size_px: int) -> _Level:
-    """Area-downsample full-resolution indicators so the fixed image's longest side is ``size_px``."""
-    factor = size_px / max(fixed_onehot.shape[-2:])
-    shapes = [tuple(max(2, round(n * factor)) for n in t.shape[-2:]) for t in (fixed_onehot, moving_onehot)]
-    fixed = geometry.downsample(fixed_onehot, shapes[0])[0]
-    moving = geometry.downsample(moving_onehot, shapes[1])
+def _level(fixed_colour: torch.Tensor, moving_colour: torch.Tensor, size_px: int, num_labels: int, seed: int) -> _Level:
+    """Downsample both images so the fixed one's longest side is ``size_px``, *then* quantise them.
+
+    Quantising after smoothing turns sparse full-resolution structure (thin SHG fibres, single nuclei) into region
+    labels (fibre density, stroma vs nuclei-rich tissue) that survive at the coarse search resolution.
+    """
+    factor = size_px / max(fixed_colour.shape[-2:])
+    shapes = [tuple(max(2, round(n * factor)) for n in t.shape[-2:]) for t in (fixed_colour, moving_colour)]
+    onehots = [
+        one_hot_labels(kmeans_labels(geometry.downsample(image, shape), num_labels, seed=seed), num_labels)
+        for image, shape in zip((fixed_colour, moving_colour), shapes)
+    ]
     return _Level(
-        fixed,
-        moving,
-        geometry.scale_factors(fixed_onehot.shape[-2:], shapes[0]),
-        geometry.scale_factors(moving_onehot.shape[-2:], shapes[1]),
+        onehots[0][0],
+        onehots[1],
+        geometry.scale_factors(fixed_colour.shape[-2:], shapes[0]),
+        geometry.scale_factors(moving_colour.shape[-2:], shapes[1]),
     )
 
 
@@ -111,17 +124,11 @@ def _score_candidates(
     for chunk in level_affines.split(batch):
         disp = geometry.affine_to_disp(chunk @ to_canvas, size)
         warped = geometry.warp(level.moving.expand(len(chunk), -1, -1, -1), disp)
-        mi = cross_mutual_information(canvas_fixed, warped, min_overlap)
-        # circular index → signed shift, keeping only |t| <= max_shift
-        rows = torch.arange(size[0])
-        cols = torch.arange(size[1])
-        rows = torch.where(rows > size[0] // 2, rows - size[0], rows)
-        cols = torch.where(cols > size[1] // 2, cols - size[1], cols)
-        valid = (rows.abs()[:, None] <= max_shift) & (cols.abs()[None, :] <= max_shift)
-        mi = torch.where(valid, mi, torch.full_like(mi, -math.inf))
+        mi = cross_mutual_information(canvas_fixed, warped, min_overlap, max_shift)
         best, index = mi.flatten(1).max(dim=1)
+        side = 2 * max_shift + 1
         scores.append(best)
-        shifts.append(torch.stack([rows[index // size[1]], cols[index % size[1]]], dim=1).to(chunk))
+        shifts.append((torch.stack([index // side, index % side], dim=1) - max_shift).to(chunk))
     return torch.cat(scores), torch.cat(shifts)
 
 
@@ -166,28 +173,29 @@ def _distinct(grid: torch.Tensor, scores: torch.Tensor, top_k: int, min_angle_de
 
 
 def search_similarity(
-    fixed_onehot: torch.Tensor,
-    moving_onehot: torch.Tensor,
+    fixed_colour: torch.Tensor,
+    moving_colour: torch.Tensor,
     centres: tuple[torch.Tensor, torch.Tensor],
     cfg: SearchConfig,
+    seed: int = 0,
 ) -> list[Candidate]:
     """Stage-2 entry: exhaustive rotation/scale/mirror search with all translations scored at once.
 
     Args:
-        fixed_onehot: (1, K, H, W) fixed label indicators, full resolution.
-        moving_onehot: (1, K, Hm, Wm) moving label indicators, full resolution.
+        fixed_colour: (1, C, H, W) fixed channels for label maps (log-SHG or RGB in [0, 1]), full resolution.
+        moving_colour: (1, C, Hm, Wm) the same for the moving image.
         centres: (2,) fixed and (2,) moving rotation centres (e.g. tissue centroids), pixels, array order.
         cfg: search settings.
 
     Returns:
         Up to ``cfg.top_k`` distinct candidates, best first, refined at ``cfg.refine_size_px``.
     """
-    level = _level(fixed_onehot, moving_onehot, cfg.size_px)
+    level = _level(fixed_colour, moving_colour, cfg.size_px, cfg.num_labels, seed)
     angles = torch.arange(-180.0, 180.0, cfg.angle_step_deg).tolist()
     scales = torch.logspace(math.log10(cfg.scale_min), math.log10(cfg.scale_max), cfg.scale_steps).tolist()
     mirrors = (False, True) if cfg.mirror else (False,)
     affines, grid = _candidate_affines(level, centres, angles, scales, mirrors)
-    max_shift = max(2, round(0.35 * max(level.fixed.shape[-2:])))
+    max_shift = max(2, round(cfg.max_shift * max(level.fixed.shape[-2:])))
     scores, shifts = _score_candidates(level, affines, max_shift, cfg.min_overlap, cfg.batch)
     kept = _distinct(grid, scores, cfg.top_k, min_angle_deg=2.5 * cfg.angle_step_deg)
     full = _to_full_resolution(level, affines[kept], shifts[kept])
@@ -195,14 +203,12 @@ def search_similarity(
         Candidate(full[n], float(grid[i, 0]), float(grid[i, 1]), bool(grid[i, 2] > 0.5), float(scores[i]))
         for n, i in enumerate(kept)
     ]
-    return [refine_similarity(fixed_onehot, moving_onehot, c, cfg) for c in coarse]
+    fine = _level(fixed_colour, moving_colour, cfg.refine_size_px, cfg.num_labels, seed)
+    return [refine_similarity(fine, c, cfg) for c in coarse]
 
 
-def refine_similarity(
-    fixed_onehot: torch.Tensor, moving_onehot: torch.Tensor, candidate: Candidate, cfg: SearchConfig
-) -> Candidate:
-    """Finer sweep of angle and scale around one candidate at ``cfg.refine_size_px``, translations by FFT again."""
-    level = _level(fixed_onehot, moving_onehot, cfg.refine_size_px)
+def refine_similarity(level: _Level, candidate: Candidate, cfg: SearchConfig) -> Candidate:
+    """Finer sweep of angle and scale around one candidate (at the finer ``level``), translations by FFT again."""
     base = geometry.rescale_affine(candidate.affine[None], level.fixed_factors, level.moving_factors)[0]
     angles = torch.linspace(-cfg.refine_angle_deg, cfg.refine_angle_deg, cfg.refine_angle_steps)
     log_ratio = math.log(cfg.refine_scale_ratio)
@@ -212,7 +218,7 @@ def refine_similarity(
     grid = torch.tensor([(a, s) for s in scales.tolist() for a in angles.tolist()], dtype=torch.float32)
     local = geometry.similarity_matrix(torch.deg2rad(grid[:, 0]), grid[:, 1], centre, centre)
     affines = base[None] @ local
-    max_shift = max(2, round(0.06 * max(level.fixed.shape[-2:])))
+    max_shift = max(2, round(cfg.refine_max_shift * max(level.fixed.shape[-2:])))
     scores, shifts = _score_candidates(level, affines, max_shift, cfg.min_overlap, cfg.batch)
     best = int(scores.argmax())
     full = _to_full_resolution(level, affines[best : best + 1], shifts[best : best + 1])[0]

@@ -31,10 +31,11 @@ def _hsv_saturation_value(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def bf_fill(rgb: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
-    """Black, unsaturated corner fill of a rotated bright-field image: (B, 3, H, W) raw → (B, 1, H, W) bool."""
+    """Corner fill of a rotated bright-field image, black or pure white: (B, 3, H, W) raw → (B, 1, H, W) bool."""
     cfg = cfg or PreprocessConfig()
     saturation, value = _hsv_saturation_value(rgb / 255.0)
-    return (saturation < cfg.bf_max_saturation) & (value < cfg.bf_fill_value)
+    white = (rgb >= 255).all(dim=1, keepdim=True)  # saturated white fill; a real slide background sits below 255
+    return (saturation < cfg.bf_max_saturation) & ((value < cfg.bf_fill_value) | white)
 
 
 def bf_tissue(rgb: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
@@ -77,7 +78,7 @@ def fill_with_background(rgb: torch.Tensor, cfg: PreprocessConfig | None = None)
         return rgb
     out = rgb.clone()
     saturation, value = _hsv_saturation_value(rgb / 255.0)
-    background = (saturation < cfg.bf_max_saturation) & (value > cfg.bf_min_value)
+    background = (saturation < cfg.bf_max_saturation) & (value > cfg.bf_min_value) & ~fill
     for b in range(rgb.shape[0]):
         bg = background[b, 0]
         colour = rgb[b][:, bg].median(dim=1).values if int(bg.sum()) > 16 else rgb.new_full((3,), 255.0)

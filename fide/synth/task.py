@@ -1,0 +1,224 @@
+"""A complete synthetic Learn2Reg task folder: images, landmarks, descriptor and dense ground truth.
+
+Layout (as the challenge's, see ``shared/spec/learn2reg-format.md`` §1-§4)::
+
+    OUT/<NAME>_dataset.json
+    OUT/imagesTr/<NAME>_<CASE>_0000.nii.gz      SHG, fixed, (H, W, 1) uint8
+    OUT/imagesTr/<NAME>_<CASE>_0001.nii.gz      BF, moving, (H, W, 1, 3) uint8
+    OUT/landmarksTr/<NAME>_<CASE>_000{0,1}.csv  val pairs: (N, 2) array-order pixels, row n ↔ row n
+    OUT/groundtruth/disp_<CASE>_<CASE>.nii.gz   val pairs: true fixed→moving field, (H, W, 1, 2) float32
+    OUT/groundtruth/transforms.json             val/test pairs: the drawn affine and warp parameters
+    OUT/evaluation_config.json                  TRE_lm + LogJacDetStd on registration_val (project evaluator)
+
+Cases are numbered training pairs first (0001...), then val, then test pairs. Every pair draws from its own generator
+seeded by (seed, split, index), so val pair k is the same image whatever the number of pairs requested.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from fide.io import atomic_path, write_disp, write_landmarks
+
+from .misalign import pick_landmarks, random_misalignment, warp_to_moving
+from .tissue import make_aligned_pair
+
+__all__ = ["make_task", "make_pair", "write_image"]
+
+_log = logging.getLogger(__name__)
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write a (C, H, W) uint8 image as a challenge NIfTI with an identity affine (nibabel), atomically.
+
+    C = 1 gives nibabel shape (H, W, 1) (the SHG layout); C = 3 gives (H, W, 1, 3) (the RGB bright-field layout).
+    """
+    path = Path(path)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[0] not in (1, 3) or image.dtype != np.uint8:
+        raise ValueError(f"image must be (C, H, W) uint8 with C in {{1, 3}}, got {image.shape} {image.dtype}")
+    # SimpleITK indexes arrays in reversed order: (C, H, W) -> (C, 1, W, H) is nibabel's (H, W, 1, C)
+    reversed_axes = np.ascontiguousarray(np.transpose(image, (0, 2, 1))[:, None])
+    if image.shape[0] == 1:
+        itk = sitk.GetImageFromArray(reversed_axes[0], isVector=False)  # (1, W, H): nibabel (H, W, 1)
+        itk.SetDirection(np.diag([-1.0, -1.0, 1.0]).flatten().tolist())
+    else:
+        itk = sitk.GetImageFromArray(reversed_axes, isVector=False)  # (3, 1, W, H): nibabel (H, W, 1, 3)
+        itk.SetDirection(np.diag([-1.0, -1.0, 1.0, 1.0]).flatten().tolist())
+    # LPS diag(-1, -1, ...) in SimpleITK is the RAS identity nibabel reads back (as in fide.io.fields)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        sitk.WriteImage(itk, str(tmp), useCompression=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def make_pair(
+    split: str,
+    index: int,
+    size: int,
+    seed: int,
+    *,
+    scale_range: tuple[float, float] = (0.85, 1.15),
+) -> dict:
+    """Generate pair ``index`` of ``split`` ("train", "val" or "test"); deterministic in (seed, split, index).
+
+    Returns:
+        dict with ``fixed`` (1, H, W) uint8 SHG, ``moving`` (3, H, W) uint8 BF, and for "val"/"test" also
+        ``misalignment``, ``fixed_points`` / ``moving_points`` (N, 2) and ``disp`` (2, H, W) float32 fixed→moving;
+        "train" pairs are aligned.
+    """
+    if split not in _SPLIT_STREAM:
+        raise ValueError(f"split must be one of {sorted(_SPLIT_STREAM)}, got {split!r}")
+    tissue_rng, align_rng = (np.random.default_rng([seed, _SPLIT_STREAM[split], index, k]) for k in (0, 1))
+    shg, bf, info = make_aligned_pair(size, tissue_rng)
+    pair: dict = {"fixed": shg, "moving": bf, "tissue": info}
+    if split == "train":
+        return pair
+    mis = random_misalignment(size, align_rng, scale_range=scale_range)
+    fill = 255.0 if align_rng.random() < 0.8 else 0.0  # corners: mostly white, sometimes black
+    stack = np.concatenate([bf.astype(np.float32), info.tissue[None], info.landmark_map[None]])
+    moved = warp_to_moving(stack, mis, fill=(fill, fill, fill, 0.0, 0.0))
+    fixed_pts, moving_pts = pick_landmarks(moved[4], moved[3], info.tissue, mis, align_rng)
+    pair.update(
+        moving=np.clip(np.rint(moved[:3]), 0, 255).astype(np.uint8),
+        misalignment=mis,
+        fixed_points=fixed_pts,
+        moving_points=moving_pts,
+        disp=mis.disp_fixed_to_moving((size, size)),
+        fill=fill,
+    )
+    return pair
+
+
+def _descriptor(name: str, size: int, cases: dict[str, list[str]]) -> dict:
+    def image(case: str, mod: int) -> str:
+        return f"./imagesTr/{name}_{case}_{mod:04d}.nii.gz"
+
+    def pairs(split: str) -> list[dict]:
+        return [{"fixed": image(c, 0), "moving": image(c, 1)} for c in cases[split]]
+
+    training = [{"image": image(c, m)} for c in cases["train"] for m in (0, 1)]
+    return {
+        "name": name,
+        "release": "1.0",
+        "description": "Synthetic SHG (fixed) / H&E bright-field (moving) tissue-microarray cores made by `fide synth`",
+        "licence": "CC-BY 4.0",
+        "reference": "fide synthetic data; appearance sized by shared/spec/shg-bf-appearance.md",
+        "pairings": "paired",
+        "provided_data": {"0": ["image", "landmarks"], "1": ["image", "landmarks"]},
+        "registration_direction": {"fixed": 0, "moving": 1},
+        "modality": {"0": "SHG", "1": "BF"},
+        "labels": {},
+        "tensorImageSize": {"0": "2D"},
+        "tensorImageShape": {"0": [size, size, 1]},
+        "numTraining": len(training),
+        "training": training,
+        "numPairedTraining": len(cases["train"]),
+        "training_paired_images": pairs("train"),
+        "numRegistration_val": len(cases["val"]),
+        "registration_val": pairs("val"),
+        "numRegistration_test": len(cases["test"]),
+        "registration_test": pairs("test"),
+    }
+
+
+def _write_json(path: Path, content: dict) -> None:
+    tmp = atomic_path(path)
+    try:
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_eval_config(out: Path, descriptor: Path) -> Path | None:
+    """Evaluation config from the project evaluator, when it is installed in this checkout."""
+    try:
+        from evaluation.evaluation import make_config
+    except ImportError:
+        _log.info("evaluation.evaluation.make_config not available: no evaluation config written")
+        return None
+    config = make_config(descriptor, "val")
+    path = out / "evaluation_config.json"  # the upstream evaluator's default name inside the ground-truth folder
+    if isinstance(config, dict):
+        _write_json(path, config)
+    return path
+
+
+def make_task(
+    out_dir: str | Path,
+    pairs: int,
+    size: int = 834,
+    seed: int = 0,
+    *,
+    train_pairs: int = 0,
+    test_pairs: int = 0,
+    name: str = "SYNTHSHGBF",
+    scale_range: tuple[float, float] = (0.85, 1.15),
+) -> Path:
+    """Write a synthetic SHG/BF Learn2Reg task folder.
+
+    Args:
+        out_dir: task folder (created; existing files of the same names are replaced).
+        pairs: number of ``registration_val`` pairs (misaligned, with landmarks and ground truth).
+        size: image side, pixels (challenge: 834).
+        seed: base seed; the same seed gives byte-identical images.
+        train_pairs: number of aligned ``training_paired_images`` pairs.
+        test_pairs: number of misaligned ``registration_test`` pairs without landmarks.
+        name: task name and file prefix.
+        scale_range: (low, high) isotropic scale of the val/test affines, moving pixels per fixed pixel.
+
+    Returns:
+        Path of ``<out_dir>/<name>_dataset.json``.
+    """
+    for label, value in (("pairs", pairs), ("train_pairs", train_pairs), ("test_pairs", test_pairs)):
+        if value < 0:
+            raise ValueError(f"{label} must be >= 0, got {value}")
+    if pairs + train_pairs + test_pairs == 0:
+        raise ValueError("nothing to generate: pairs, train_pairs and test_pairs are all 0")
+    if pairs + train_pairs + test_pairs > 9999:
+        raise ValueError(f"at most 9999 cases fit the 4-digit case ids, got {pairs + train_pairs + test_pairs}")
+    if not name or "_" in name or "/" in name:
+        raise ValueError(f"name must be non-empty without '_' or '/', got {name!r}")
+    out = Path(out_dir)
+    counts = {"train": train_pairs, "val": pairs, "test": test_pairs}
+    cases: dict[str, list[str]] = {}
+    transforms: dict[str, dict] = {}
+    next_case = 1
+    for split, count in counts.items():
+        cases[split] = []
+        for index in range(count):
+            case = f"{next_case:04d}"
+            next_case += 1
+            cases[split].append(case)
+            pair = make_pair(split, index, size, seed, scale_range=scale_range)
+            write_image(out / "imagesTr" / f"{name}_{case}_0000.nii.gz", pair["fixed"])
+            write_image(out / "imagesTr" / f"{name}_{case}_0001.nii.gz", pair["moving"])
+            if split != "train":
+                mis = pair["misalignment"]
+                transforms[case] = {"split": split, "affine_fixed_to_moving": mis.affine.tolist(), **mis.params}
+                transforms[case]["corner_fill"] = pair["fill"]
+            if split == "val":
+                write_landmarks(out / "landmarksTr" / f"{name}_{case}_0000.csv", pair["fixed_points"])
+                write_landmarks(out / "landmarksTr" / f"{name}_{case}_0001.csv", pair["moving_points"])
+                write_disp(out / "groundtruth" / f"disp_{case}_{case}.nii.gz", pair["disp"])
+            _log.debug("case %s (%s %d): %s", case, split, index, pair["tissue"].params)
+    if transforms:
+        (out / "groundtruth").mkdir(parents=True, exist_ok=True)
+        _write_json(out / "groundtruth" / "transforms.json", transforms)
+    descriptor = out / f"{name}_dataset.json"
+    _write_json(descriptor, _descriptor(name, size, cases))
+    if cases["val"]:
+        _write_eval_config(out, descriptor)
+    return descriptor

@@ -1,0 +1,54 @@
+"""Small synthetic SHG-like / bright-field-like images for stage tests (the full generator lives in fide.synth)."""
+
+import math
+
+import pytest
+import torch
+
+from fide import geometry
+
+
+def blob_pair(size: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """An aligned pair: fixed (1, H, W) bright structures on black, moving (3, H, W) pink-purple on white.
+
+    The core is an off-centre ellipse with random smooth texture, asymmetric so that rotations are identifiable.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    grid = geometry.identity_grid((size, size))
+    centre = size * 0.5
+    radius = ((grid[0] - centre) / (0.42 * size)) ** 2 + ((grid[1] - centre) / (0.34 * size)) ** 2
+    core = (radius < 1).float()
+    core = core * (1 - ((grid[0] - 0.3 * size) ** 2 + (grid[1] - 0.62 * size) ** 2 < (0.08 * size) ** 2).float())
+    noise = torch.rand(1, 1, size // 8, size // 8, generator=generator)
+    texture = torch.nn.functional.interpolate(noise, size=(size, size), mode="bicubic", align_corners=True)[0, 0]
+    fibres = (texture > 0.55).float() * core
+    nuclei = (texture < 0.3).float() * core
+    shg = 5 + 200 * fibres * (0.5 + 0.5 * torch.rand(size, size, generator=generator))
+    shg = shg * (core > 0) + 1.0
+    white = torch.full((3, size, size), 242.0)
+    tissue = torch.stack([torch.full_like(core, 215.0), torch.full_like(core, 150.0), torch.full_like(core, 180.0)])
+    bf = torch.where(core > 0, tissue, white)
+    bf = bf - fibres * torch.tensor([0.0, 50.0, 20.0]).view(3, 1, 1) - nuclei * torch.tensor([90.0, 80.0, 30.0]).view(
+        3, 1, 1
+    )
+    return shg[None].clamp(0, 255), bf.clamp(0, 255)
+
+
+def move(image: torch.Tensor, affine: torch.Tensor, fill: float) -> torch.Tensor:
+    """Moving image whose fixed→moving map is ``affine``: moving(q) = image(affine^-1 q)."""
+    disp = geometry.affine_to_disp(torch.linalg.inv(affine)[None], image.shape[-2:])
+    inside = geometry.warp(torch.ones_like(image[None, :1]), disp) > 0.999
+    warped = geometry.warp(image[None], disp)
+    return torch.where(inside, warped, torch.full_like(warped, fill))[0]
+
+
+def similarity(angle_deg: float, scale: float, size: int, shift=(0.0, 0.0)) -> torch.Tensor:
+    centre = torch.tensor([(size - 1) / 2, (size - 1) / 2])
+    return geometry.similarity_matrix(
+        torch.tensor([math.radians(angle_deg)]), torch.tensor([scale]), centre, centre + torch.tensor(shift)
+    )[0]
+
+
+@pytest.fixture
+def pair128():
+    return blob_pair(128, seed=3)
