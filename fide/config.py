@@ -93,6 +93,8 @@ class OptimiseConfig:
     kmeans_iterations: int = 20
     alpha: float = 1.0  # code: editing strength, 1 = project onto the fidelity affine at every level
     restarts: int = 3  # code: 3 restarts
+    screen_size_px: int = 128  # fide: search candidates are screened by a short NMI polish at this size
+    screen_iterations: int = 15
     restart_jitter_deg: float = 2.0  # fide: restarts start from jittered copies of the best candidates
     quality_flag_below: float = 0.05  # fide: NMI below this marks a pair as doubtful in results.csv
 
@@ -101,7 +103,10 @@ class OptimiseConfig:
 class DeformableConfig:
     """Final regularised deformable residual (the paper's output is affine; this stage is fide's addition)."""
 
-    enabled: bool = True
+    # fide: off by default: on synthetic validation neither variant beat the affine result (see README, Ablations)
+    enabled: bool = False
+    similarity: str = "nmi"  # "nmi" (label maps, as the selection criterion) or "mse" (MIND, convexAdam)
+    num_labels: int = 8
     size_px: int = 256
     grid_spacing_px: int = 8  # control grid spacing at the working size
     iterations: int = 60

@@ -28,8 +28,10 @@ def blob_pair(size: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     white = torch.full((3, size, size), 242.0)
     tissue = torch.stack([torch.full_like(core, 215.0), torch.full_like(core, 150.0), torch.full_like(core, 180.0)])
     bf = torch.where(core > 0, tissue, white)
-    bf = bf - fibres * torch.tensor([0.0, 50.0, 20.0]).view(3, 1, 1) - nuclei * torch.tensor([90.0, 80.0, 30.0]).view(
-        3, 1, 1
+    bf = (
+        bf
+        - fibres * torch.tensor([0.0, 50.0, 20.0]).view(3, 1, 1)
+        - nuclei * torch.tensor([90.0, 80.0, 30.0]).view(3, 1, 1)
     )
     return shg[None].clamp(0, 255), bf.clamp(0, 255)
 

@@ -113,7 +113,9 @@ def test_similarity_matrix_rotates_i_towards_j():
     mirrored = geometry.similarity_matrix(
         torch.tensor([0.0]), torch.tensor([1.0]), torch.zeros(2), torch.zeros(2), torch.tensor([True])
     )[0]
-    assert torch.allclose(geometry.apply_affine_to_points(mirrored, torch.tensor([[1.0, 2.0]])), torch.tensor([[1.0, -2.0]]))
+    assert torch.allclose(
+        geometry.apply_affine_to_points(mirrored, torch.tensor([[1.0, 2.0]])), torch.tensor([[1.0, -2.0]])
+    )
 
 
 def test_jacobian_determinant_of_linear_map():

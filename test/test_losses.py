@@ -16,7 +16,7 @@ def test_soft_level_sets_partition_of_unity():
 def test_nmi_is_one_for_relabelled_copy_and_low_for_independent_maps():
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (1, 1, 64, 64), generator=generator).float()
-    relabelled = (3 - labels)  # a permutation of the labels: still fully dependent
+    relabelled = 3 - labels  # a permutation of the labels: still fully dependent
     independent = torch.randint(0, 4, (1, 1, 64, 64), generator=generator).float()
     loss = LabelNMILoss(4)
     mask = torch.ones(1, 1, 64, 64)

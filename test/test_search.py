@@ -26,7 +26,7 @@ def test_search_recovers_rotation_scale_and_shift(pair128, angle, scale):
     cfg = SearchConfig(size_px=64, refine_size_px=128, angle_step_deg=6.0, scale_min=0.8, scale_max=1.25, top_k=2)
     best = search_similarity(fixed_colour, moving_colour, centres, cfg)[0]
     points = geometry.identity_grid((128, 128))[:, 24:-24:8, 24:-24:8].reshape(2, -1).T
-    error = (geometry.apply_affine_to_points(best.affine, points) - geometry.apply_affine_to_points(truth, points))
+    error = geometry.apply_affine_to_points(best.affine, points) - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).mean()) < 2.0
     assert abs((best.angle_deg - angle + 180) % 360 - 180) < 3.0
 

@@ -17,7 +17,7 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def select_device(name: str) -> torch.device:
-    """"auto" picks CUDA when present; asking for CUDA without one is an error, not a silent CPU run."""
+    """ "auto" picks CUDA when present; asking for CUDA without one is an error, not a silent CPU run."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""``fide evaluate``: score a folder of fields with the bundled Learn2Reg evaluator (config built from the descriptor)."""
+"""``fide evaluate``: score written fields with the bundled Learn2Reg evaluator (config from the descriptor)."""
 
 from __future__ import annotations
 

@@ -38,9 +38,7 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
     pad = dilation + radius
     shifted = [_shift(image, (di * dilation, dj * dilation), pad) for di, dj in _NEIGHBOURS]
     distances = torch.cat([(shifted[a] - shifted[b]) ** 2 for a, b in _PAIRS], dim=1)
-    distances = F.avg_pool2d(
-        F.pad(distances, (radius,) * 4, mode="replicate"), 2 * radius + 1, stride=1
-    )  # patch SSD
+    distances = F.avg_pool2d(F.pad(distances, (radius,) * 4, mode="replicate"), 2 * radius + 1, stride=1)  # patch SSD
     distances = distances - distances.amin(dim=1, keepdim=True)
     variance = distances.mean(dim=1, keepdim=True)
     variance = variance.clamp(min=variance.mean() * 1e-3, max=variance.mean() * 1e3) + 1e-8

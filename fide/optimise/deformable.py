@@ -6,6 +6,8 @@ on the feature dissimilarity plus MONAI's diffusion regulariser, composed with t
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiffusionLoss
@@ -14,8 +16,11 @@ from fide import geometry
 from fide.config import DeformableConfig
 
 from .instance import WorkingPair
+from .losses import LabelNMILoss
 
 __all__ = ["optimise_deformable"]
+
+logger = logging.getLogger(__name__)
 
 
 def _smooth(grid: torch.Tensor) -> torch.Tensor:
@@ -47,15 +52,24 @@ def optimise_deformable(
     control = torch.zeros(1, 2, *grid_shape, dtype=pair.fixed_features.dtype, requires_grad=True)
     optimiser = torch.optim.Adam([control], lr=cfg.learning_rate)
     regulariser = DiffusionLoss(normalize=False)
+    nmi = LabelNMILoss(cfg.num_labels)
     fixed = pair.fixed_features
 
     def residual() -> torch.Tensor:
-        return geometry.resize_image(_smooth(control), pair.shape) * cfg.grid_spacing_px
+        return geometry.resize_image(_smooth(control), pair.shape)
 
     for _ in range(cfg.iterations):
         res = residual()
-        warped = geometry.warp(pair.moving_features, geometry.compose(affine_disp, res), padding_mode="border")
-        loss = F.mse_loss(warped, fixed) + cfg.diffusion_weight * regulariser(res / cfg.grid_spacing_px)
+        total = geometry.compose(affine_disp, res)
+        if cfg.similarity == "nmi":
+            warped = geometry.warp(pair.moving_labels, total, padding_mode="border")
+            with torch.no_grad():
+                overlap = (geometry.warp(torch.ones_like(pair.moving_labels), total) > 0.99).to(total.dtype)
+            similarity = nmi(pair.fixed_labels, warped, overlap)
+        else:
+            warped = geometry.warp(pair.moving_features, total, padding_mode="border")
+            similarity = F.mse_loss(warped, fixed)
+        loss = similarity + cfg.diffusion_weight * regulariser(res)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -63,6 +77,8 @@ def optimise_deformable(
         res = residual()
         full_res = geometry.resize_disp(res, fixed_shape)  # residual maps the fixed frame into itself
         total = geometry.compose(full_affine_disp, full_res)
-        if float(full_res.abs().amax()) > cfg.max_disp_px or float(geometry.jacobian_determinant(total).amin()) <= 0:
+        largest, min_det = float(full_res.abs().amax()), float(geometry.jacobian_determinant(total).amin())
+        logger.debug("deformable residual: max %.2f px, min det J %.3f", largest, min_det)
+        if largest > cfg.max_disp_px or min_det <= 0:
             return full_affine_disp
     return total

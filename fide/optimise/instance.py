@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from fide import geometry
 from fide.config import OptimiseConfig
@@ -146,7 +145,9 @@ def optimise_affine(pair: WorkingPair, init_affine: torch.Tensor, cfg: OptimiseC
                 warped = geometry.warp(moving_feat[k], u, padding_mode="border")
                 loss = loss + weights[k] * lncc(warped, fixed_feat[k])
             else:
-                loss = loss + weights[k] * nmi_loss(fixed_lab[k], _warp_labels(moving_lab[k], u), _overlap(moving_lab[k], u))
+                loss = loss + weights[k] * nmi_loss(
+                    fixed_lab[k], _warp_labels(moving_lab[k], u), _overlap(moving_lab[k], u)
+                )
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -68,24 +68,64 @@ def cross_mutual_information(
     return torch.where(overlap >= min_overlap * smaller, mi, torch.full_like(mi, -math.inf))
 
 
+def cross_correlation_coefficient(
+    fixed: torch.Tensor, moving: torch.Tensor, min_overlap: float, max_shift: int
+) -> torch.Tensor:
+    """Pearson correlation of two intensity images over their overlap, for every shift (Padfield's masked NCC).
+
+    Args:
+        fixed: (2, N, M) fixed intensity and validity (1 inside the fixed image) on the canvas.
+        moving: (B, 2, N, M) warped moving intensity and validity of B candidates.
+        min_overlap: shifts whose overlap is below this fraction of the smaller image are scored -inf.
+        max_shift: shifts kept along each axis (see :func:`cross_mutual_information`).
+
+    Returns:
+        (B, S, S) correlation in [-1, 1] for shifts -max_shift .. max_shift.
+    """
+    size = fixed.shape[-2:]
+    f_val, f_int = fixed[1], fixed[0] * fixed[1]
+    m_val, m_int = moving[:, 1], moving[:, 0] * moving[:, 1]
+    fixed_f = torch.fft.rfft2(torch.stack([f_val, f_int, f_int * f_int]))
+    moving_f = torch.fft.rfft2(torch.stack([m_val, m_int, m_int * m_int], dim=1))
+    pairs = [(0, 0), (1, 0), (2, 0), (0, 1), (0, 2), (1, 1)]  # n, Sf, Sff, Sm, Smm, Sfm
+    cross = torch.stack([fixed_f[a].conj() * moving_f[:, b] for a, b in pairs], dim=1)
+    sums = torch.fft.irfft2(cross, s=size)
+    shifts = torch.arange(-max_shift, max_shift + 1, device=sums.device)
+    sums = sums.index_select(-2, shifts % size[0]).index_select(-1, shifts % size[1])
+    n, sf, sff, sm, smm, sfm = sums.unbind(1)
+    n = n.clamp(min=1e-3)
+    covariance = sfm - sf * sm / n
+    variance = ((sff - sf * sf / n).clamp(min=0) * (smm - sm * sm / n).clamp(min=0)).sqrt()
+    ncc = covariance / variance.clamp(min=1e-6)
+    smaller = min(float(f_val.sum()), float(m_val[0].sum()))
+    return torch.where(n >= min_overlap * smaller, ncc, torch.full_like(ncc, -math.inf))
+
+
 @dataclass
 class _Level:
-    """Label indicators of both images at one search resolution."""
+    """Both images at one search resolution, as the scoring function wants them."""
 
-    fixed: torch.Tensor  # (K, hf, wf)
-    moving: torch.Tensor  # (1, K, hm, wm)
+    fixed: torch.Tensor  # (C, hf, wf): label indicators (MI) or intensity + validity (NCC)
+    moving: torch.Tensor  # (1, C, hm, wm)
     fixed_factors: tuple[float, float]  # full-res → level pixel factors
     moving_factors: tuple[float, float]
+    criterion: str  # "mi" or "ncc"
 
 
-def _level(fixed_colour: torch.Tensor, moving_colour: torch.Tensor, size_px: int, num_labels: int, seed: int) -> _Level:
+def _level_shapes(fixed: torch.Tensor, moving: torch.Tensor, size_px: int):
+    factor = size_px / max(fixed.shape[-2:])
+    return [tuple(max(2, round(n * factor)) for n in t.shape[-2:]) for t in (fixed, moving)]
+
+
+def _label_level(
+    fixed_colour: torch.Tensor, moving_colour: torch.Tensor, size_px: int, num_labels: int, seed: int
+) -> _Level:
     """Downsample both images so the fixed one's longest side is ``size_px``, *then* quantise them.
 
     Quantising after smoothing turns sparse full-resolution structure (thin SHG fibres, single nuclei) into region
     labels (fibre density, stroma vs nuclei-rich tissue) that survive at the coarse search resolution.
     """
-    factor = size_px / max(fixed_colour.shape[-2:])
-    shapes = [tuple(max(2, round(n * factor)) for n in t.shape[-2:]) for t in (fixed_colour, moving_colour)]
+    shapes = _level_shapes(fixed_colour, moving_colour, size_px)
     onehots = [
         one_hot_labels(kmeans_labels(geometry.downsample(image, shape), num_labels, seed=seed), num_labels)
         for image, shape in zip((fixed_colour, moving_colour), shapes)
@@ -95,6 +135,21 @@ def _level(fixed_colour: torch.Tensor, moving_colour: torch.Tensor, size_px: int
         onehots[1],
         geometry.scale_factors(fixed_colour.shape[-2:], shapes[0]),
         geometry.scale_factors(moving_colour.shape[-2:], shapes[1]),
+        "mi",
+    )
+
+
+def _intensity_level(fixed_intensity: torch.Tensor, moving_intensity: torch.Tensor, size_px: int) -> _Level:
+    """Modality-robust intensities (log-SHG vs eosin) with a validity channel, for the correlation criterion."""
+    shapes = _level_shapes(fixed_intensity, moving_intensity, size_px)
+    fixed = geometry.downsample(fixed_intensity, shapes[0])
+    moving = geometry.downsample(moving_intensity, shapes[1])
+    return _Level(
+        torch.cat([fixed, torch.ones_like(fixed)], dim=1)[0],
+        torch.cat([moving, torch.ones_like(moving)], dim=1),
+        geometry.scale_factors(fixed_intensity.shape[-2:], shapes[0]),
+        geometry.scale_factors(moving_intensity.shape[-2:], shapes[1]),
+        "ncc",
     )
 
 
@@ -124,8 +179,11 @@ def _score_candidates(
     for chunk in level_affines.split(batch):
         disp = geometry.affine_to_disp(chunk @ to_canvas, size)
         warped = geometry.warp(level.moving.expand(len(chunk), -1, -1, -1), disp)
-        mi = cross_mutual_information(canvas_fixed, warped, min_overlap, max_shift)
-        best, index = mi.flatten(1).max(dim=1)
+        if level.criterion == "mi":
+            score = cross_mutual_information(canvas_fixed, warped, min_overlap, max_shift)
+        else:
+            score = cross_correlation_coefficient(canvas_fixed, warped, min_overlap, max_shift)
+        best, index = score.flatten(1).max(dim=1)
         side = 2 * max_shift + 1
         scores.append(best)
         shifts.append((torch.stack([index // side, index % side], dim=1) - max_shift).to(chunk))
@@ -172,25 +230,7 @@ def _distinct(grid: torch.Tensor, scores: torch.Tensor, top_k: int, min_angle_de
     return kept
 
 
-def search_similarity(
-    fixed_colour: torch.Tensor,
-    moving_colour: torch.Tensor,
-    centres: tuple[torch.Tensor, torch.Tensor],
-    cfg: SearchConfig,
-    seed: int = 0,
-) -> list[Candidate]:
-    """Stage-2 entry: exhaustive rotation/scale/mirror search with all translations scored at once.
-
-    Args:
-        fixed_colour: (1, C, H, W) fixed channels for label maps (log-SHG or RGB in [0, 1]), full resolution.
-        moving_colour: (1, C, Hm, Wm) the same for the moving image.
-        centres: (2,) fixed and (2,) moving rotation centres (e.g. tissue centroids), pixels, array order.
-        cfg: search settings.
-
-    Returns:
-        Up to ``cfg.top_k`` distinct candidates, best first, refined at ``cfg.refine_size_px``.
-    """
-    level = _level(fixed_colour, moving_colour, cfg.size_px, cfg.num_labels, seed)
+def _coarse_candidates(level: _Level, fine: _Level, centres, cfg: SearchConfig) -> list[Candidate]:
     angles = torch.arange(-180.0, 180.0, cfg.angle_step_deg).tolist()
     scales = torch.logspace(math.log10(cfg.scale_min), math.log10(cfg.scale_max), cfg.scale_steps).tolist()
     mirrors = (False, True) if cfg.mirror else (False,)
@@ -203,8 +243,65 @@ def search_similarity(
         Candidate(full[n], float(grid[i, 0]), float(grid[i, 1]), bool(grid[i, 2] > 0.5), float(scores[i]))
         for n, i in enumerate(kept)
     ]
-    fine = _level(fixed_colour, moving_colour, cfg.refine_size_px, cfg.num_labels, seed)
     return [refine_similarity(fine, c, cfg) for c in coarse]
+
+
+def search_similarity(
+    fixed_colour: torch.Tensor,
+    moving_colour: torch.Tensor,
+    centres: tuple[torch.Tensor, torch.Tensor],
+    cfg: SearchConfig,
+    seed: int = 0,
+    intensities: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> list[Candidate]:
+    """Stage-2 entry: exhaustive rotation/scale/mirror search with all translations scored at once.
+
+    Two criteria propose candidates: MI of k-means labels (any intensity relation) and, when ``intensities`` are
+    given, the correlation of modality-robust channels (SHG density vs eosin), which keeps working where SHG is
+    too sparse for labels. Their candidates are interleaved, best first, near-duplicates dropped.
+
+    Args:
+        fixed_colour: (1, C, H, W) fixed channels for label maps (log-SHG or RGB in [0, 1]), full resolution.
+        moving_colour: (1, C, Hm, Wm) the same for the moving image.
+        centres: (2,) fixed and (2,) moving rotation centres (e.g. tissue centroids), pixels, array order.
+        cfg: search settings.
+        seed: k-means seed.
+        intensities: (1, 1, H, W) fixed and (1, 1, Hm, Wm) moving modality-robust channels in [0, 1].
+
+    Returns:
+        Up to ``2 * cfg.top_k`` distinct candidates, refined at ``cfg.refine_size_px``.
+    """
+    proposals = [
+        _coarse_candidates(
+            _label_level(fixed_colour, moving_colour, cfg.size_px, cfg.num_labels, seed),
+            _label_level(fixed_colour, moving_colour, cfg.refine_size_px, cfg.num_labels, seed),
+            centres,
+            cfg,
+        )
+    ]
+    if intensities is not None:
+        proposals.append(
+            _coarse_candidates(
+                _intensity_level(*intensities, cfg.size_px),
+                _intensity_level(*intensities, cfg.refine_size_px),
+                centres,
+                cfg,
+            )
+        )
+    merged: list[Candidate] = []
+    for rank in range(cfg.top_k):
+        for candidates in proposals:
+            if rank < len(candidates) and not any(_same(candidates[rank], c) for c in merged):
+                merged.append(candidates[rank])
+    return merged
+
+
+def _same(a: Candidate, b: Candidate) -> bool:
+    return (
+        a.mirror == b.mirror
+        and abs((a.angle_deg - b.angle_deg + 180) % 360 - 180) < 3.0
+        and abs(math.log(a.scale / b.scale)) < 0.05
+    )
 
 
 def refine_similarity(level: _Level, candidate: Candidate, cfg: SearchConfig) -> Candidate:
