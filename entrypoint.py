@@ -2,12 +2,14 @@
 """Container entry point: register the Learn2Reg task found under a (read-only) input folder.
 
     python entrypoint.py [--input /input] [--output /output] [--dataset PATH] [--split val|test]
-                         [--device auto|cpu|cuda] [--seed N]
+                         [--device auto|cpu|cuda] [--seed N] [--shard I/N] [--force] [--qc]
 
 Finds the one ``*_dataset.json`` under ``--input`` (or takes ``--dataset``), registers ``registration_test`` when it
 lists pairs (else ``registration_val``) and writes ``disp_*.nii.gz`` and ``results.csv`` to ``--output``. Nothing is
 ever written under the input. Exit status: 0 when the descriptor was usable (failed pairs are recorded in
-``results.csv`` with identity fields), 2 when the descriptor is missing, ambiguous or unusable.
+``results.csv`` with identity fields; a missing or corrupt image fails its pair only), 2 when the descriptor is
+missing, ambiguous or unusable. ``--shard``, ``--force`` and ``--qc`` are those of ``fide register`` (valid fields
+already in the output are kept unless ``--force``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import sys
 from pathlib import Path
 
 from fide.cli._common import seed_everything, select_device
+from fide.cli.register import add_run_arguments
 from fide.config import FideConfig
+from fide.features.select import resolve_encoders
 from fide.io import DatasetError, load_dataset
-from fide.runner import register_pairs
+from fide.runner import register_pairs, select_shard
 
 logger = logging.getLogger("fide.entrypoint")
 
@@ -46,11 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=["val", "test"], help="default: test when it lists pairs, else val")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         descriptor = args.dataset or find_descriptor(args.input)
-        dataset = load_dataset(descriptor)
+        dataset = load_dataset(descriptor, check_files=False)  # a missing image fails its pair only
         split = args.split or dataset.default_split()
         pairs = dataset.split(split)
         if not pairs:
@@ -62,7 +67,25 @@ def main(argv: list[str] | None = None) -> int:
         cfg = FideConfig(seed=args.seed)
         device = select_device(args.device)
         logger.info("%s: registering %d %s pairs on %s", dataset.name, len(pairs), split, device)
-        table = register_pairs(pairs, args.output, cfg, device=device)
+        recorder = None
+        if args.qc:
+            from fide.qc import QCRecorder
+
+            recorder = QCRecorder(args.output / "qc", quality_flag_below=cfg.optimise.quality_flag_below)
+        encoders = resolve_encoders(cfg.encoder, device)
+        table = register_pairs(
+            pairs,
+            args.output,
+            cfg,
+            device=device,
+            encoders=encoders,
+            on_result=recorder,
+            resume=not args.force,
+            shard=args.shard,
+        )
+        if recorder is not None:
+            todo = select_shard(pairs, *args.shard) if args.shard else pairs
+            recorder.finish(todo, table, args.output, shard=args.shard)
     except DatasetError as err:
         logger.error("%s", err)
         return 2

@@ -5,23 +5,45 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
 from fide.config import STAGES, FideConfig, config_from_dict
+from fide.features.select import resolve_encoders
 from fide.io import load_dataset
-from fide.runner import METHODS, register_pairs
+from fide.runner import METHODS, merge_results, register_pairs, select_shard
 
 from ._common import add_device_arguments, seed_everything, select_device
 
-__all__ = ["add_parser", "run", "add_config_arguments", "config_from_args"]
+__all__ = ["add_parser", "run", "add_config_arguments", "config_from_args", "parse_shard", "add_run_arguments"]
 
 logger = logging.getLogger("fide")
+
+_SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` → ``(I, N)`` with 0 <= I < N (argparse ``type``; SLURM's ``$SLURM_ARRAY_TASK_ID/N`` fits)."""
+    match = _SHARD_RE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"--shard expects I/N with integers 0 <= I < N, got {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or index >= count:
+        raise argparse.ArgumentTypeError(f"--shard expects I/N with 0 <= I < N, got {index}/{count}")
+    return index, count
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="JSON file with (part of) the FideConfig tree")
     parser.add_argument("--stages", choices=STAGES, help="last pipeline stage to run (ablations)")
     parser.add_argument("--features", choices=["auto", "learned", "handcrafted"], help="features for matching and LNCC")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--shard``, ``--force`` and ``--qc``: shared by ``fide register`` and the container entry point."""
+    parser.add_argument("--shard", type=parse_shard, metavar="I/N", help="process pairs[I::N] only (0 <= I < N)")
+    parser.add_argument("--force", action="store_true", help="recompute pairs whose field is already valid")
+    parser.add_argument("--qc", action="store_true", help="write QC pictures to OUTPUT/qc/ (PNG per pair, summary)")
 
 
 def config_from_args(args: argparse.Namespace) -> FideConfig:
@@ -40,26 +62,63 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", "-o", type=Path, required=True, help="folder for disp_*.nii.gz and results.csv")
     parser.add_argument("--split", choices=["val", "test", "train"], help="default: test when listed, else val")
     parser.add_argument("--method", choices=sorted(METHODS), default="fide", help="'zero' = no registration")
+    add_run_arguments(parser)
+    parser.add_argument(
+        "--merge-shards", action="store_true", help="only join OUTPUT/results.shard-*.csv into results.csv"
+    )
     add_config_arguments(parser)
     add_device_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset, check_files=False)  # a missing image fails its pair only
     split = args.split or dataset.default_split()
     pairs = dataset.split(split)
+    if args.merge_shards:
+        table = merge_results(args.output)
+        missing = sorted({p.name for p in pairs} - set(table["pair"]))
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        if missing:
+            logger.error("%d %s pairs have no row yet: %s", len(missing), split, ", ".join(missing))
+        return 1 if missing or (table["status"] == "failed").any() else 0
     cfg = config_from_args(args)
     device = select_device(args.device)
     seed_everything(args.seed)
-    logger.info("%s: %d %s pairs on %s, method %s", dataset.name, len(pairs), split, device, args.method)
-    table = register_pairs(pairs, args.output, cfg, method=args.method, device=device)
+    todo = select_shard(pairs, *args.shard) if args.shard else pairs
+    shard_note = f" (shard {args.shard[0]}/{args.shard[1]} of {len(pairs)})" if args.shard else ""
+    logger.info("%s: %d %s pairs%s on %s, method %s", dataset.name, len(todo), split, shard_note, device, args.method)
+    try:
+        encoders = resolve_encoders(cfg.encoder, device) if args.method == "fide" else None
+    except (FileNotFoundError, ValueError) as err:  # e.g. --features learned without weights
+        raise SystemExit(f"fide register: {err}") from None
+    recorder = None
+    if args.qc:
+        from fide.qc import QCRecorder  # matplotlib only when asked for
+
+        recorder = QCRecorder(args.output / "qc", quality_flag_below=cfg.optimise.quality_flag_below)
+    table = register_pairs(
+        pairs,
+        args.output,
+        cfg,
+        method=args.method,
+        device=device,
+        encoders=encoders,
+        on_result=recorder,
+        resume=not args.force,
+        shard=args.shard,
+    )
+    if recorder is not None:
+        summary = recorder.finish(todo, table, args.output, shard=args.shard)
+        logger.info("QC pictures in %s (summary %s)", recorder.folder, summary.name)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    failed = int((table["status"] == "failed").sum()) if len(table) else 0
+    counts = table["status"].value_counts()
+    failed = int(counts.get("failed", 0))
     logger.info(
-        "%d ok, %d flagged, %d failed; fields in %s",
-        (table["status"] == "ok").sum(),
-        (table["status"] == "flagged").sum(),
+        "%d ok, %d flagged, %d skipped (kept), %d failed; fields in %s",
+        counts.get("ok", 0),
+        counts.get("flagged", 0),
+        counts.get("skipped", 0),
         failed,
         args.output,
     )
