@@ -137,3 +137,11 @@ def test_landmarks_drop_zero_third_column(tmp_path):
     np.savetxt(path, np.array([[1.5, 2.5, 0.0], [3.0, 4.0, 0.0]]), delimiter=",")
     fixed, moving = read_landmark_pair(path, path)
     assert fixed.shape == (2, 2) and fixed[1, 1] == 4.0
+
+
+def test_truncated_field_is_an_error(tmp_path):
+    path = write_disp(tmp_path / "disp_0001_0001.nii.gz", torch.randn(2, 64, 64))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match="truncated"):
+        read_disp(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -66,10 +67,12 @@ def read_disp(path: str | Path, shape: tuple[int, int] | None = None) -> torch.T
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: displacement field not found")
-    try:
-        array = to_nibabel_order(sitk.ReadImage(str(path)))
-    except RuntimeError:
-        raise DatasetError(f"{path}: cannot read displacement field (corrupt or not NIfTI)") from None
+    try:  # nibabel, as the evaluator: SimpleITK returns a truncated .nii.gz without an error
+        array = np.asanyarray(nib.load(str(path)).dataobj) if path.name.endswith((".nii", ".nii.gz")) else None
+        if array is None:
+            array = to_nibabel_order(sitk.ReadImage(str(path)))
+    except Exception:  # nibabel raises EOFError, zlib.error, ImageFileError...; SimpleITK RuntimeError
+        raise DatasetError(f"{path}: cannot read displacement field (corrupt, truncated or not NIfTI)") from None
     if array.ndim == 4 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim != 3 or array.shape[-1] != 2:
