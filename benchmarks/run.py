@@ -1,0 +1,419 @@
+"""Benchmark: fide against a zero field and classical intensity-based baselines, on the same pairs, in one run.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/run.py                                 # everything: synthetic 20 x 834^2 + HISTOLM
+    .venv/bin/python benchmarks/run.py --tasks synthetic --synthetic-pairs 3 --methods zero,simpleitk-affine
+
+Prints one table (rows = task x method) with mean / median TRE over pairs (each pair's TRE is the mean over its
+landmarks, as the Learn2Reg evaluator reports it), the pairs under 2 px, wall seconds per pair and the peak resident
+memory of the process that ran the method; also writes it as CSV and Markdown (``--csv``, ``--markdown``).
+
+Each method runs in its own child process (``--worker``), so one method's peak memory never shows in another's row;
+the fields it writes are scored by the bundled evaluator (``evaluation.evaluation``), the organisers' code.
+Adding a row is one line in :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from baselines import ELASTIX_MAPS, elastix_available, elastix_disp, grey_channel, simpleitk_affine_disp
+from tqdm import tqdm
+
+from evaluation.evaluation import evaluate, make_config
+from fide.config import FideConfig
+from fide.io import Pair, load_dataset, read_image, write_disp
+from fide.features.select import resolve_encoders
+from fide.runner import RESULTS_NAME, register_pairs
+
+__all__ = ["METHODS", "DEFAULT_METHODS", "Method", "RunOptions", "run_method", "score", "main"]
+
+logger = logging.getLogger("benchmark")
+
+BENCH_DIR = Path(__file__).resolve().parent
+CACHE = BENCH_DIR / ".cache"
+DEFAULT_HISTOLM = Path(__file__).resolve().parents[2] / "shared" / "data" / "HISTOLM"
+TASKS = ("synthetic", "histolm")
+WORKER_INFO = "worker.json"
+
+
+# ------------------------------------------------------------------------------------------------------ methods
+@dataclass(frozen=True)
+class RunOptions:
+    """What a worker passes to every method: compute device of fide rows, and the ``--features`` override."""
+
+    device: str = "cpu"
+    features: str | None = None  # FideConfig().encoder.features of fide rows that do not pin it themselves
+
+
+# run(pairs, out_dir, options) registers ``pairs``, writes ``out_dir/disp_*.nii.gz`` and ``out_dir/results.csv``, and
+# returns the results table (columns pair, status, seconds, ...): the shape of fide.runner.register_pairs' table
+Runner = Callable[[list[Pair], Path, RunOptions], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the benchmark table.
+
+    Attributes:
+        label: row name.
+        run: the :data:`Runner`.
+        unavailable: returns None when the row can run, else the reason it is skipped (shown in the note column).
+        warm_up: one-off set-up run before the timed pairs (e.g. ITK's lazy loading of its wrappers, ~35 s).
+    """
+
+    label: str
+    run: Runner
+    unavailable: Callable[[], str | None] = lambda: None
+    warm_up: Callable[[], None] | None = None
+
+
+def _fide_runner(stages: str = "deformable", features: str | None = None, method: str = "fide") -> Runner:
+    """fide through ``fide.runner.register_pairs``; ``features`` pins ``cfg.encoder.features`` for this row."""
+
+    def run(pairs: list[Pair], out: Path, options: RunOptions) -> pd.DataFrame:
+        cfg = FideConfig(stages=stages)
+        cfg.encoder.features = features or options.features or cfg.encoder.features
+        if method == "fide":
+            logger.info("fide config: stages=%s, encoder.features=%s", cfg.stages, cfg.encoder.features)
+        device = torch.device(options.device)
+        encoders = resolve_encoders(cfg.encoder, device)  # None = handcrafted MIND-SSC
+        return register_pairs(pairs, out, cfg, method=method, device=device, encoders=encoders)
+
+    return run
+
+
+def _pairwise_runner(disp_fn: Callable[[torch.Tensor, torch.Tensor], np.ndarray]) -> Runner:
+    """A per-pair function ``disp_fn(fixed (C, H, W), moving (C, Hm, Wm)) -> (2, H, W)`` run over the pairs.
+
+    Seconds per pair span reading the images to writing the field, as in ``register_pairs``. A pair whose
+    registration raises (ITK raises RuntimeError, e.g. "all samples map outside the moving image") or returns
+    non-finite values gets a zero field and status "failed"; the others go on.
+    """
+
+    def run(pairs: list[Pair], out: Path, options: RunOptions) -> pd.DataFrame:
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for pair in tqdm(pairs, desc="register", unit="pair", disable=None):
+            start = time.perf_counter()
+            fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+            status, message = "ok", ""
+            try:
+                disp = disp_fn(fixed, moving)
+                if not np.isfinite(disp).all():
+                    raise ValueError("non-finite displacement")
+            except (RuntimeError, ValueError) as err:
+                message = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+                logger.error("%s failed: %s (zero field written)", pair.name, message)
+                status, disp = "failed", np.zeros((2, *fixed.shape[-2:]), dtype=np.float32)
+            write_disp(out / pair.disp_name, disp)
+            seconds = time.perf_counter() - start
+            rows.append({"pair": pair.name, "status": status, "seconds": seconds, "message": message})
+            pd.DataFrame(rows).to_csv(out / RESULTS_NAME, index=False, float_format="%.4f")
+        return pd.DataFrame(rows)
+
+    return run
+
+
+def _grey_pair(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    return grey_channel(fixed, moving.shape[0]), grey_channel(moving, fixed.shape[0])
+
+
+def _elastix(fixed: torch.Tensor, moving: torch.Tensor, maps: tuple[str, ...]) -> np.ndarray:
+    return elastix_disp(*_grey_pair(fixed, moving), maps=maps)
+
+
+def _simpleitk(fixed: torch.Tensor, moving: torch.Tensor) -> np.ndarray:
+    return simpleitk_affine_disp(*_grey_pair(fixed, moving))
+
+
+def _elastix_warm_up() -> None:
+    """Run elastix once on a small blob: itk loads its wrapped modules on first use (~35 s, not a per-pair cost)."""
+    grid = np.mgrid[:64, :64].astype(np.float32)
+    blob = np.exp(-((grid[0] - 30) ** 2 + (grid[1] - 36) ** 2) / 200).astype(np.float32)
+    elastix_disp(blob, np.roll(blob, 2, axis=0), maps=("affine",))
+
+
+def _learned_weights_missing() -> str | None:
+    """None when learned encoder weights exist (cfg.encoder.weights, else the shipped default), else the reason."""
+    weights = FideConfig().encoder.weights
+    if not weights:
+        try:
+            from fide.features.encoders import DEFAULT_WEIGHTS
+        except ImportError as err:
+            return f"learned encoders not available in this checkout ({err})"
+        weights = DEFAULT_WEIGHTS
+    return None if Path(weights).is_file() else f"no learned encoder weights at {weights}"
+
+
+# name -> row; adding a row is one line
+METHODS: dict[str, Method] = {
+    "fide": Method("fide", _fide_runner()),
+    "fide-prealign": Method("fide (stages=prealign)", _fide_runner(stages="prealign")),
+    "fide-learned": Method("fide (learned)", _fide_runner(features="learned"), _learned_weights_missing),
+    "fide-learned-prealign": Method(
+        "fide (learned, stages=prealign)", _fide_runner("prealign", "learned"), _learned_weights_missing
+    ),
+    "fide-handcrafted": Method("fide (handcrafted)", _fide_runner(features="handcrafted")),
+    "fide-handcrafted-prealign": Method("fide (handcrafted, stages=prealign)", _fide_runner("prealign", "handcrafted")),
+    "zero": Method("zero field", _fide_runner(method="zero")),
+    "elastix-affine": Method(
+        "elastix affine (MI)",
+        _pairwise_runner(partial(_elastix, maps=ELASTIX_MAPS["affine"])),
+        elastix_available,
+        _elastix_warm_up,
+    ),
+    "elastix-bspline": Method(
+        "elastix affine+B-spline (MI)",
+        _pairwise_runner(partial(_elastix, maps=ELASTIX_MAPS["bspline"])),
+        elastix_available,
+        _elastix_warm_up,
+    ),
+    "simpleitk-affine": Method("SimpleITK affine (MI)", _pairwise_runner(_simpleitk)),
+}
+DEFAULT_METHODS = ("fide", "fide-prealign", "zero", "elastix-affine", "elastix-bspline", "simpleitk-affine")
+
+
+def _look_up_methods(value: str) -> list[str]:
+    names = list(METHODS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown methods {unknown}; expected 'all' or a comma list of {list(METHODS)}"
+        )
+    return names
+
+
+def _look_up_tasks(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown tasks {unknown}; expected a comma list of {list(TASKS)}")
+    return names
+
+
+# ------------------------------------------------------------------------------------------------------- worker
+def run_method(name: str, dataset: Path, out: Path, pairs: int | None, options: RunOptions) -> pd.DataFrame:
+    """Run method ``name`` on the first ``pairs`` val pairs of ``dataset`` (all when None), in this process.
+
+    Writes the fields and ``results.csv`` into ``out``, and ``worker.json`` (warm-up seconds, GPU peak memory).
+
+    Returns:
+        The results table; its ``seconds`` column is the wall time per pair.
+    """
+    method = METHODS[name]
+    selected = load_dataset(dataset).split("val")[:pairs]
+    out.mkdir(parents=True, exist_ok=True)
+    info: dict[str, float | None] = {"warm_up_s": None, "gpu_peak_mb": None}
+    if method.warm_up is not None:
+        start = time.perf_counter()
+        method.warm_up()
+        info["warm_up_s"] = time.perf_counter() - start
+    if options.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    table = method.run(selected, out, options)
+    if options.device.startswith("cuda"):
+        info["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    (out / WORKER_INFO).write_text(json.dumps(info))
+    return table
+
+
+def _worker(args: argparse.Namespace) -> int:
+    options = RunOptions(device=args.device, features=args.features)
+    table = run_method(args.method, args.dataset, args.out, args.pairs, options)
+    return 0 if len(table) else 1
+
+
+# ------------------------------------------------------------------------------------------------------ parent
+def synthetic_task(pairs: int, size: int, seed: int, cache: Path = CACHE) -> Path:
+    """The descriptor of a cached ``fide synth`` task (generated on first use; a marker file flags completion)."""
+    from fide.synth import make_task
+
+    folder = cache / f"synth-{size}px-{pairs}pairs-seed{seed}"
+    marker = folder / ".complete"
+    if marker.is_file():
+        return Path(marker.read_text().strip())
+    logger.info("generating %d synthetic pairs at %d^2 (seed %d) into %s", pairs, size, seed, folder)
+    descriptor = make_task(folder, pairs, size, seed)
+    marker.write_text(str(descriptor))
+    return descriptor
+
+
+def _spawn(name: str, dataset: Path, out: Path, args: argparse.Namespace) -> tuple[int, float, float]:
+    """Run one method in a child process; returns (exit code, peak resident memory of that child in MB, wall s)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--method", name]
+    command += ["--dataset", str(dataset), "--out", str(out), "--device", args.device]
+    command += ["--pairs", str(args.pairs)] if args.pairs else []
+    command += ["--features", args.features] if args.features else []
+    command += ["--verbose"] if args.verbose else []
+    start = time.perf_counter()
+    process = subprocess.Popen(command)
+    # wait4 gives this child's own rusage; RUSAGE_CHILDREN would be the maximum over every child so far
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_maxrss / 1024, time.perf_counter() - start  # ru_maxrss: KiB on Linux
+
+
+def score(dataset: Path, out: Path, pairs: int | None) -> list[float]:
+    """Per-pair TRE (mean over the pair's landmarks, pixels) of the fields in ``out``, by the bundled evaluator."""
+    config = make_config(dataset, "val")
+    config["eval_pairs"] = config["eval_pairs"][:pairs]
+    if not any(m["metric"] == "tre" for m in config["evaluation_methods"]):
+        raise ValueError(f"{dataset}: no landmark CSVs, so no TRE")
+    result = evaluate(out, dataset.parent, config)
+    return [case["TRE_lm"]["mean"] for case in result["cases"].values()]
+
+
+def _row(task: str, name: str, dataset: Path, out: Path, args: argparse.Namespace) -> dict:
+    method = METHODS[name]
+    row = {"task": task, "method": method.label, "mean TRE": np.nan, "median TRE": np.nan, "< 2 px": ""}
+    row.update({"s/pair": np.nan, "peak MB": np.nan, "note": ""})
+    reason = method.unavailable()
+    if reason:
+        logger.warning("%s: skipped (%s)", method.label, reason)
+        return {**row, "note": f"skipped: {reason}"}
+    logger.info("%s / %s: running in a child process", task, method.label)
+    for stale in [*out.glob("disp_*.nii.gz"), out / RESULTS_NAME, out / WORKER_INFO]:  # from an earlier run
+        stale.unlink(missing_ok=True)
+    code, peak_mb, wall = _spawn(name, dataset, out, args)
+    results_path = out / RESULTS_NAME
+    if code != 0 or not results_path.is_file():
+        return {**row, "peak MB": peak_mb, "note": f"worker exited with code {code}"}
+    results = pd.read_csv(results_path, keep_default_na=False)
+    tre = np.asarray(score(dataset, out, args.pairs))
+    info = json.loads((out / WORKER_INFO).read_text())
+    notes = []
+    failed = int((results["status"] == "failed").sum())
+    if failed:
+        notes.append(f"{failed} failed (zero field)")
+    if info.get("warm_up_s"):
+        notes.append(f"one-off warm-up {info['warm_up_s']:.0f} s excluded")
+    if info.get("gpu_peak_mb"):
+        notes.append(f"GPU peak {info['gpu_peak_mb']:.0f} MB")
+    logger.info("%s / %s: mean TRE %.3f px, child wall %.0f s", task, method.label, tre.mean(), wall)
+    return {
+        **row,
+        "mean TRE": float(tre.mean()),
+        "median TRE": float(np.median(tre)),
+        "< 2 px": f"{int((tre < 2).sum())}/{len(tre)}",
+        "s/pair": float(results["seconds"].astype(float).mean()),
+        "peak MB": peak_mb,
+        "note": "; ".join(notes),
+    }
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """GitHub Markdown table, numbers with 2 decimals (MB as integers), empty cells for missing values."""
+
+    def cell(column: str, value: object) -> str:
+        if isinstance(value, float):
+            return "" if np.isnan(value) else f"{value:.0f}" if column == "peak MB" else f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
+    for _, values in table.iterrows():
+        lines.append("| " + " | ".join(cell(c, values[c]) for c in table.columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _datasets(args: argparse.Namespace) -> dict[str, Path]:
+    datasets = {}
+    for task in args.tasks:
+        if task == "synthetic":
+            datasets[task] = synthetic_task(args.synthetic_pairs, args.size, args.seed, args.cache)
+        else:
+            descriptor = args.histolm / "HISTOLM_dataset.json"
+            if not descriptor.is_file():
+                raise SystemExit(f"benchmark: no {descriptor}; pass --histolm PATH or --tasks synthetic")
+            datasets[task] = descriptor
+    return datasets
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    rows = []
+    for task, dataset in _datasets(args).items():
+        for name in args.methods:
+            rows.append(_row(task, name, dataset, args.out / task / name, args))
+    table = pd.DataFrame(rows)
+    header = (
+        f"fide benchmark, {datetime.now():%Y-%m-%d %H:%M}: fide on {args.device}, baselines on CPU; "
+        f"{os.cpu_count()} CPU cores; TRE in pixels (mean over each pair's landmarks), then mean/median over pairs"
+    )
+    print(header)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    csv_path = args.csv or args.out / "benchmark.csv"
+    markdown_path = args.markdown or args.out / "benchmark.md"
+    for path in (csv_path, markdown_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(csv_path, index=False, float_format="%.4f")
+    markdown_path.write_text(f"{header}\n\n{to_markdown(table)}")
+    logger.info("table written to %s and %s; total wall %.0f s", csv_path, markdown_path, time.perf_counter() - start)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=_look_up_tasks, default=list(TASKS), help="comma list of " + ",".join(TASKS))
+    parser.add_argument(
+        "--methods",
+        type=_look_up_methods,
+        default=list(DEFAULT_METHODS),
+        help=f"comma list or 'all'; default {','.join(DEFAULT_METHODS)}; known: {','.join(METHODS)}",
+    )
+    parser.add_argument("--synthetic-pairs", type=int, default=20, help="pairs of the synthetic task")
+    parser.add_argument("--size", type=int, default=834, help="side of the synthetic images, pixels")
+    parser.add_argument("--seed", type=int, default=2025, help="seed of the synthetic task")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="folder of the generated synthetic tasks")
+    parser.add_argument("--histolm", type=Path, default=DEFAULT_HISTOLM, help="HISTOLM task folder")
+    parser.add_argument("--pairs", type=int, default=None, help="use only the first N pairs of each task")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the fide rows")
+    parser.add_argument(
+        "--features", choices=["auto", "learned", "handcrafted"], help="encoder.features of unpinned fide rows"
+    )
+    parser.add_argument("--out", type=Path, default=CACHE / "results", help="fields per task/method, and the tables")
+    parser.add_argument("--csv", type=Path, help="table as CSV (default OUT/benchmark.csv)")
+    parser.add_argument("--markdown", type=Path, help="table as Markdown (default OUT/benchmark.md)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    worker = parser.add_argument_group("worker mode (one method in this process; used by the benchmark itself)")
+    worker.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    worker.add_argument("--method", choices=sorted(METHODS), help="method to run")
+    worker.add_argument("--dataset", type=Path, help="<TASK>_dataset.json whose val pairs are registered")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if args.pairs is not None and args.pairs < 1:
+        raise SystemExit(f"benchmark: --pairs must be >= 1, got {args.pairs}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmark: --device cuda requested but no CUDA device is available")
+    if args.worker:
+        if args.method is None or args.dataset is None:
+            raise SystemExit("benchmark: --worker needs --method and --dataset")
+        return _worker(args)
+    return _benchmark(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Benchmark baselines (benchmarks/baselines.py) and a smoke run of benchmarks/run.py.
+
+The axis tests register an image to a copy of itself shifted along array axis 0 only: a wrapper that forgets that
+ITK's index order (x = column, y = row) is the reverse of fide's array order puts the shift into component 1.
+"""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import ndimage
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import baselines  # noqa: E402
+
+SHIFT_ROWS = 5.0  # moving = fixed shifted by +5 rows: moving(p + (5, 0)) = fixed(p), so disp = (+5, 0)
+
+
+def _texture(size: int = 96, seed: int = 0) -> np.ndarray:
+    """Smooth random texture on an off-centre blob: asymmetric, so every shift is identifiable."""
+    rng = np.random.default_rng(seed)
+    texture = ndimage.gaussian_filter(rng.random((size, size)), 3)
+    rows, cols = np.mgrid[:size, :size]
+    blob = np.exp(-(((rows - 0.45 * size) / (0.3 * size)) ** 2 + ((cols - 0.55 * size) / (0.25 * size)) ** 2))
+    image = blob * (0.5 + (texture - texture.min()) / np.ptp(texture))
+    return (255 * image / image.max()).astype(np.float32)
+
+
+def _shifted_pair() -> tuple[np.ndarray, np.ndarray]:
+    fixed = _texture()
+    moving = ndimage.shift(fixed, (SHIFT_ROWS, 0.0), order=1, mode="nearest").astype(np.float32)
+    return fixed, moving
+
+
+def _centre_disp(disp: np.ndarray) -> np.ndarray:
+    """Median displacement over the central half of the grid, (2,) array order."""
+    height, width = disp.shape[1:]
+    return np.median(disp[:, height // 4 : 3 * height // 4, width // 4 : 3 * width // 4], axis=(1, 2))
+
+
+def test_itk_field_to_disp_reverses_components():
+    field = np.zeros((4, 6, 2), dtype=np.float32)
+    field[..., 0] = 1.0  # ITK x = column
+    field[..., 1] = 2.0  # ITK y = row
+    disp = baselines.itk_field_to_disp(field)
+    assert disp.shape == (2, 4, 6)
+    assert np.all(disp[0] == 2.0) and np.all(disp[1] == 1.0)
+    with pytest.raises(ValueError, match="field must have shape"):
+        baselines.itk_field_to_disp(np.zeros((4, 6, 3)))
+
+
+def test_grey_channel_choices():
+    shg = torch.full((1, 8, 8), np.e - 1)
+    assert np.allclose(baselines.grey_channel(shg, 3), 1.0)  # log(1 + x)
+    white = torch.full((3, 8, 8), 255.0)
+    assert np.allclose(baselines.grey_channel(white, 3), 0.0, atol=1e-4)  # inverted luminance of white
+    assert np.allclose(baselines.grey_channel(white, 1), 0.0, atol=1e-3)  # no eosin in white
+    pink = torch.tensor([230.0, 120.0, 200.0]).view(3, 1, 1).expand(3, 8, 8)
+    assert baselines.grey_channel(pink, 1).min() > 0.05  # eosin-rich
+    with pytest.raises(ValueError, match="partner_channels"):
+        baselines.grey_channel(shg, 2)
+
+
+def test_simpleitk_affine_axis_convention():
+    fixed, moving = _shifted_pair()
+    disp = baselines.simpleitk_affine_disp(fixed, moving)
+    assert disp.shape == (2, *fixed.shape) and disp.dtype == np.float32
+    centre = _centre_disp(disp)
+    assert abs(centre[0] - SHIFT_ROWS) < 0.5, centre
+    assert abs(centre[1]) < 0.5, centre
+
+
+@pytest.mark.skipif(baselines.elastix_available() is not None, reason="itk-elastix not installed")
+@pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")  # itk's SWIG
+@pytest.mark.parametrize("maps", [("affine",), ("affine", "bspline")])
+def test_elastix_axis_convention(maps, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fixed, moving = _shifted_pair()
+    disp = baselines.elastix_disp(fixed, moving, maps=maps)
+    assert not any(tmp_path.iterdir())  # transformix writes deformationField.nii to its output folder, not here
+    assert disp.shape == (2, *fixed.shape) and disp.dtype == np.float32
+    centre = _centre_disp(disp)
+    assert abs(centre[0] - SHIFT_ROWS) < 0.5, centre
+    assert abs(centre[1]) < 0.5, centre
+
+
+def test_benchmark_smoke(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, str(BENCH_DIR / "run.py"), "--tasks", "synthetic", "--synthetic-pairs", "1"]
+    command += ["--size", "128", "--methods", "zero,simpleitk-affine", "--cache", str(tmp_path / "cache")]
+    command += ["--out", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "SimpleITK affine (MI)" in completed.stdout
+    table = pd.read_csv(out / "benchmark.csv", keep_default_na=False)
+    assert list(table["method"]) == ["zero field", "SimpleITK affine (MI)"]
+    assert set(table["< 2 px"]) <= {"0/1", "1/1"}
+    assert (table["mean TRE"].astype(float) > 0).all() and (table["peak MB"].astype(float) > 50).all()
+    assert (out / "synthetic" / "simpleitk-affine" / "disp_0001_0001.nii.gz").is_file()
+    assert (out / "benchmark.md").read_text().count("\n|") >= 3
+
+
+def test_missing_elastix_skips_its_rows(monkeypatch, tmp_path):
+    import run as benchmark
+
+    def not_installed(name):
+        raise baselines.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(baselines.importlib.metadata, "version", not_installed)
+    reason = baselines.elastix_available()
+    assert reason is not None and "benchmarks/requirements.txt" in reason
+    row = benchmark._row("synthetic", "elastix-bspline", tmp_path / "none.json", tmp_path, args=None)
+    assert row["note"] == f"skipped: {reason}" and row["method"] == "elastix affine+B-spline (MI)"
+    assert not any(tmp_path.iterdir())  # nothing was run
+
+
+def test_method_registry():
+    import run as benchmark
+
+    assert set(benchmark.DEFAULT_METHODS) <= set(benchmark.METHODS)
+    assert benchmark.METHODS["fide-prealign"].label == "fide (stages=prealign)"
+    assert benchmark._look_up_methods("all") == list(benchmark.METHODS)
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown methods"):
+        benchmark._look_up_methods("zero,nonsense")
