@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from evaluation.evaluation import evaluate, make_config
 from fide.config import FideConfig
-from fide.io import Pair, load_dataset, read_image, write_disp
 from fide.features.select import resolve_encoders
+from fide.io import Pair, load_dataset, read_image, write_disp
 from fide.runner import RESULTS_NAME, register_pairs
 
 __all__ = ["METHODS", "DEFAULT_METHODS", "Method", "RunOptions", "run_method", "score", "main"]
