@@ -1,7 +1,7 @@
 """Data in and out: Learn2Reg descriptors, images, landmark CSVs and displacement fields. No maths here."""
 
 from .dataset import SPLITS, Dataset, DatasetError, Pair, load_dataset
-from .fields import atomic_path, read_disp, write_disp
+from .fields import atomic_path, read_disp, write_disp, write_nifti
 from .images import read_image, read_spacing
 from .landmarks import read_landmark_pair, read_landmarks, write_landmarks
 
@@ -14,6 +14,7 @@ __all__ = [
     "atomic_path",
     "read_disp",
     "write_disp",
+    "write_nifti",
     "read_image",
     "read_spacing",
     "read_landmark_pair",

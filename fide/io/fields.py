@@ -13,7 +13,7 @@ import torch
 from .dataset import DatasetError
 from .images import to_nibabel_order
 
-__all__ = ["write_disp", "read_disp", "atomic_path"]
+__all__ = ["write_disp", "write_nifti", "read_disp", "atomic_path"]
 
 
 def atomic_path(path: Path) -> Path:
@@ -40,10 +40,20 @@ def write_disp(path: str | Path, disp: torch.Tensor | np.ndarray) -> Path:
         raise ValueError(f"disp must have shape (2, H, W), got {array.shape}")
     if not np.isfinite(array).all():
         raise ValueError(f"{path}: refusing to write a displacement field with NaN or infinite values")
-    on_disk = np.transpose(array.astype(np.float32), (1, 2, 0))[:, :, None, :]  # (H, W, 1, 2)
-    # SimpleITK wants reversed index order; LPS direction diag(-1, -1, 1, 1) is the RAS identity nibabel reads back
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(on_disk, (3, 2, 1, 0))), isVector=False)
-    image.SetDirection(np.diag([-1.0, -1.0, 1.0, 1.0]).flatten().tolist())
+    return write_nifti(path, np.transpose(array.astype(np.float32), (1, 2, 0))[:, :, None, :])  # (H, W, 1, 2)
+
+
+def write_nifti(path: str | Path, array: np.ndarray) -> Path:
+    """Write an array given in nibabel axis order as a compressed NIfTI with an identity affine, atomically.
+
+    Args:
+        path: destination ``.nii.gz``.
+        array: any shape of 2 to 4 axes, nibabel order (e.g. (H, W, 1) grey, (H, W, 1, 3) RGB, (H, W, 1, 2) field).
+    """
+    path = Path(path)
+    # SimpleITK wants reversed index order; LPS direction diag(-1, -1, 1, ...) is the RAS identity nibabel reads back
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array)), isVector=False)
+    image.SetDirection(np.diag([-1.0, -1.0] + [1.0] * (array.ndim - 2)).flatten().tolist())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
     try:

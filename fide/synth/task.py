@@ -22,9 +22,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from fide.io import atomic_path, write_disp, write_landmarks
+from fide.io import atomic_path, write_disp, write_landmarks, write_nifti
 
 from .misalign import pick_landmarks, random_misalignment, warp_to_moving
 from .tissue import make_aligned_pair
@@ -44,22 +43,9 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[0] not in (1, 3) or image.dtype != np.uint8:
         raise ValueError(f"image must be (C, H, W) uint8 with C in {{1, 3}}, got {image.shape} {image.dtype}")
-    # SimpleITK indexes arrays in reversed order: (C, H, W) -> (C, 1, W, H) is nibabel's (H, W, 1, C)
-    reversed_axes = np.ascontiguousarray(np.transpose(image, (0, 2, 1))[:, None])
-    if image.shape[0] == 1:
-        itk = sitk.GetImageFromArray(reversed_axes[0], isVector=False)  # (1, W, H): nibabel (H, W, 1)
-        itk.SetDirection(np.diag([-1.0, -1.0, 1.0]).flatten().tolist())
-    else:
-        itk = sitk.GetImageFromArray(reversed_axes, isVector=False)  # (3, 1, W, H): nibabel (H, W, 1, 3)
-        itk.SetDirection(np.diag([-1.0, -1.0, 1.0, 1.0]).flatten().tolist())
-    # LPS diag(-1, -1, ...) in SimpleITK is the RAS identity nibabel reads back (as in fide.io.fields)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        sitk.WriteImage(itk, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # (C, H, W) -> nibabel (H, W, 1) for grey, (H, W, 1, 3) for RGB
+    on_disk = image[0][:, :, None] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))[:, :, None, :]
+    write_nifti(path, on_disk)
     return path
 
 
