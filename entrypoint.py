@@ -20,11 +20,10 @@ import sys
 from pathlib import Path
 
 from fide.cli._common import seed_everything, select_device
-from fide.cli.register import add_run_arguments
+from fide.cli.register import add_run_arguments, register_with_run_options
 from fide.config import FideConfig
 from fide.features.select import resolve_encoders
 from fide.io import DatasetError, load_dataset
-from fide.runner import register_pairs, select_shard
 
 logger = logging.getLogger("fide.entrypoint")
 
@@ -67,25 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = FideConfig(seed=args.seed)
         device = select_device(args.device)
         logger.info("%s: registering %d %s pairs on %s", dataset.name, len(pairs), split, device)
-        recorder = None
-        if args.qc:
-            from fide.qc import QCRecorder
-
-            recorder = QCRecorder(args.output / "qc", quality_flag_below=cfg.optimise.quality_flag_below)
-        encoders = resolve_encoders(cfg.encoder, device)
-        table = register_pairs(
-            pairs,
-            args.output,
-            cfg,
-            device=device,
-            encoders=encoders,
-            on_result=recorder,
-            resume=not args.force,
-            shard=args.shard,
-        )
-        if recorder is not None:
-            todo = select_shard(pairs, *args.shard) if args.shard else pairs
-            recorder.finish(todo, table, args.output, shard=args.shard)
+        table = register_with_run_options(pairs, args, cfg, device, resolve_encoders(cfg.encoder, device))
     except DatasetError as err:
         logger.error("%s", err)
         return 2

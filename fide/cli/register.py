@@ -71,6 +71,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def register_with_run_options(pairs, args: argparse.Namespace, cfg: FideConfig, device, encoders, method="fide"):
+    """``register_pairs`` with the options of :func:`add_run_arguments` (``--qc``, ``--force``, ``--shard``).
+
+    Shared by ``fide register`` and the container entry point; ``args.output`` is the output folder.
+    """
+    recorder = None
+    if args.qc:
+        from fide.qc import QCRecorder  # matplotlib only when asked for
+
+        recorder = QCRecorder(args.output / "qc", quality_flag_below=cfg.optimise.quality_flag_below)
+    table = register_pairs(
+        pairs,
+        args.output,
+        cfg,
+        method=method,
+        device=device,
+        encoders=encoders,
+        on_result=recorder,
+        resume=not args.force,
+        shard=args.shard,
+    )
+    if recorder is not None:
+        todo = select_shard(pairs, *args.shard) if args.shard else pairs
+        summary = recorder.finish(todo, table, args.output, shard=args.shard)
+        logger.info("QC pictures in %s (summary %s)", recorder.folder, summary.name)
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, check_files=False)  # a missing image fails its pair only
     split = args.split or dataset.default_split()
@@ -92,25 +120,7 @@ def run(args: argparse.Namespace) -> int:
         encoders = resolve_encoders(cfg.encoder, device) if args.method == "fide" else None
     except (FileNotFoundError, ValueError) as err:  # e.g. --features learned without weights
         raise SystemExit(f"fide register: {err}") from None
-    recorder = None
-    if args.qc:
-        from fide.qc import QCRecorder  # matplotlib only when asked for
-
-        recorder = QCRecorder(args.output / "qc", quality_flag_below=cfg.optimise.quality_flag_below)
-    table = register_pairs(
-        pairs,
-        args.output,
-        cfg,
-        method=args.method,
-        device=device,
-        encoders=encoders,
-        on_result=recorder,
-        resume=not args.force,
-        shard=args.shard,
-    )
-    if recorder is not None:
-        summary = recorder.finish(todo, table, args.output, shard=args.shard)
-        logger.info("QC pictures in %s (summary %s)", recorder.folder, summary.name)
+    table = register_with_run_options(pairs, args, cfg, device, encoders, method=args.method)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     counts = table["status"].value_counts()
     failed = int(counts.get("failed", 0))
