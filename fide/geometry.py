@@ -27,6 +27,7 @@ __all__ = [
     "affine_to_disp",
     "fit_affine",
     "compose",
+    "overlap_mask",
     "compose_affine",
     "warp",
     "map_points",
@@ -150,6 +151,18 @@ def warp(
     points = identity_grid(disp.shape[2:], like=disp) + disp  # (B, 2, H, W)
     grid = pixel_to_normalised(points.permute(0, 2, 3, 1), image.shape[2:])
     return F.grid_sample(image, grid.to(image.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def overlap_mask(moving: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+    """Where the fixed grid maps inside the moving image: (B, 1, H, W) float 0/1, no gradient.
+
+    Args:
+        moving: (1 or B, C, Hm, Wm) moving image (only its size is used).
+        disp: (B, 2, H, W) displacement, fixed to moving.
+    """
+    with torch.no_grad():
+        ones = moving.new_ones(1, 1, *moving.shape[-2:]).expand(disp.shape[0], -1, -1, -1)
+        return (warp(ones, disp) > 0.99).to(disp.dtype)  # 0.99: bilinear weights blur the image edge
 
 
 def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:

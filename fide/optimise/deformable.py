@@ -63,9 +63,7 @@ def optimise_deformable(
         total = geometry.compose(affine_disp, res)
         if cfg.similarity == "nmi":
             warped = geometry.warp(pair.moving_labels, total, padding_mode="border")
-            with torch.no_grad():
-                overlap = (geometry.warp(torch.ones_like(pair.moving_labels), total) > 0.99).to(total.dtype)
-            similarity = nmi(pair.fixed_labels, warped, overlap)
+            similarity = nmi(pair.fixed_labels, warped, geometry.overlap_mask(pair.moving_labels, total))
         else:
             warped = geometry.warp(pair.moving_features, total, padding_mode="border")
             similarity = F.mse_loss(warped, fixed)

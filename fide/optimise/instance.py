@@ -93,8 +93,7 @@ def label_nmi(
 ) -> torch.Tensor:
     """NMI of fixed labels against moving labels warped by ``disp``, inside the overlap: (B,) in [0, 1]."""
     warped = geometry.warp(moving_labels.expand(disp.shape[0], -1, -1, -1), disp)
-    ones = torch.ones_like(moving_labels[:, :1]).expand(disp.shape[0], -1, -1, -1)
-    overlap = (geometry.warp(ones, disp) > 0.99).to(disp.dtype)
+    overlap = geometry.overlap_mask(moving_labels, disp)
     return loss.nmi(fixed_labels.expand_as(warped), warped, overlap)
 
 
@@ -146,7 +145,7 @@ def optimise_affine(pair: WorkingPair, init_affine: torch.Tensor, cfg: OptimiseC
                 loss = loss + weights[k] * lncc(warped, fixed_feat[k])
             else:
                 loss = loss + weights[k] * nmi_loss(
-                    fixed_lab[k], _warp_labels(moving_lab[k], u), _overlap(moving_lab[k], u)
+                    fixed_lab[k], _warp_labels(moving_lab[k], u), geometry.overlap_mask(moving_lab[k], u)
                 )
         optimiser.zero_grad()
         loss.backward()
@@ -156,8 +155,3 @@ def optimise_affine(pair: WorkingPair, init_affine: torch.Tensor, cfg: OptimiseC
 
 def _warp_labels(labels: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
     return geometry.warp(labels, disp, padding_mode="border")
-
-
-def _overlap(labels: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return (geometry.warp(torch.ones_like(labels), disp) > 0.99).to(disp.dtype)

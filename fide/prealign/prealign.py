@@ -39,7 +39,7 @@ def prealign_affine(pair: WorkingPair, init_affine: torch.Tensor, cfg: PrealignC
     disp = geometry.affine_to_disp(working.to(pair.fixed_features), pair.shape)
     warped_features = geometry.warp(pair.moving_features, disp, padding_mode="border")
     warped_intensity = geometry.warp(pair.moving_intensity, disp)
-    inside = geometry.warp(torch.ones_like(pair.moving_intensity), disp) > 0.99
+    inside = geometry.overlap_mask(pair.moving_intensity, disp) > 0.5
     fixed_points = detect_keypoints(pair.fixed_intensity, pair.fidelity > 0.5, cfg.num_keypoints, cfg.nms_radius_px)
     moving_points = detect_keypoints(warped_intensity, inside, cfg.num_keypoints, cfg.nms_radius_px)
     fixed_index, moving_index = match_mutual(
