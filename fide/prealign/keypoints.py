@@ -55,7 +55,7 @@ def describe(features: torch.Tensor, points: torch.Tensor, radius: int = 2, spac
     steps = torch.arange(-radius, radius + 1, dtype=points.dtype) * spacing
     offsets = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1).view(-1, 2)  # (P, 2)
     samples = geometry.sample_at(features, (points[:, None] + offsets[None]).reshape(-1, 2))  # (N*P, D)
-    desc = samples.reshape(len(points), -1)
+    desc = samples.reshape(len(points), features.shape[1] * len(offsets))  # explicit: N may be 0
     desc = desc - desc.mean(dim=1, keepdim=True)
     return desc / desc.norm(dim=1, keepdim=True).clamp(min=1e-8)
 

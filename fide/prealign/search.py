@@ -9,6 +9,7 @@ easy to find as a 5° one, because every angle is scored.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -252,13 +253,14 @@ def search_similarity(
     centres: tuple[torch.Tensor, torch.Tensor],
     cfg: SearchConfig,
     seed: int = 0,
-    intensities: tuple[torch.Tensor, torch.Tensor] | None = None,
+    intensities: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
 ) -> list[Candidate]:
     """Stage-2 entry: exhaustive rotation/scale/mirror search with all translations scored at once.
 
-    Two criteria propose candidates: MI of k-means labels (any intensity relation) and, when ``intensities`` are
-    given, the correlation of modality-robust channels (SHG density vs eosin), which keeps working where SHG is
-    too sparse for labels. Their candidates are interleaved, best first, near-duplicates dropped.
+    Several criteria propose candidates: the correlation of each given pair of comparable channels (learned
+    representations, log-SHG density vs eosin), which works where SHG is too sparse for labels, and MI of k-means
+    labels (any intensity relation). Their candidates are interleaved, best first, in the order given (the
+    correlation criteria first), near-duplicates dropped.
 
     Args:
         fixed_colour: (1, C, H, W) fixed channels for label maps (log-SHG or RGB in [0, 1]), full resolution.
@@ -266,28 +268,28 @@ def search_similarity(
         centres: (2,) fixed and (2,) moving rotation centres (e.g. tissue centroids), pixels, array order.
         cfg: search settings.
         seed: k-means seed.
-        intensities: (1, 1, H, W) fixed and (1, 1, Hm, Wm) moving modality-robust channels in [0, 1].
+        intensities: pairs of (1, 1, H, W) fixed and (1, 1, Hm, Wm) moving comparable channels in [0, 1].
 
     Returns:
-        Up to ``2 * cfg.top_k`` distinct candidates, refined at ``cfg.refine_size_px``.
+        Up to ``(len(intensities) + 1) * cfg.top_k`` distinct candidates, refined at ``cfg.refine_size_px``.
     """
     proposals = [
+        _coarse_candidates(
+            _intensity_level(fixed_map, moving_map, cfg.size_px),
+            _intensity_level(fixed_map, moving_map, cfg.refine_size_px),
+            centres,
+            cfg,
+        )
+        for fixed_map, moving_map in intensities
+    ]
+    proposals.append(
         _coarse_candidates(
             _label_level(fixed_colour, moving_colour, cfg.size_px, cfg.num_labels, seed),
             _label_level(fixed_colour, moving_colour, cfg.refine_size_px, cfg.num_labels, seed),
             centres,
             cfg,
         )
-    ]
-    if intensities is not None:
-        proposals.append(
-            _coarse_candidates(
-                _intensity_level(*intensities, cfg.size_px),
-                _intensity_level(*intensities, cfg.refine_size_px),
-                centres,
-                cfg,
-            )
-        )
+    )
     merged: list[Candidate] = []
     for rank in range(cfg.top_k):
         for candidates in proposals:
