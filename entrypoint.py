@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fide.cli._common import seed_everything, select_device
+from fide.cli._common import configure_logging, seed_everything, select_device
 from fide.cli.register import add_run_arguments, register_with_run_options
 from fide.config import FideConfig
 from fide.features.select import resolve_encoders
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     add_run_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         descriptor = args.dataset or find_descriptor(args.input)
         dataset = load_dataset(descriptor, check_files=False)  # a missing image fails its pair only

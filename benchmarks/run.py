@@ -36,6 +36,7 @@ from baselines import ELASTIX_MAPS, elastix_available, elastix_disp, grey_channe
 from tqdm import tqdm
 
 from evaluation.evaluation import evaluate, make_config
+from fide.cli._common import configure_logging
 from fide.config import FideConfig
 from fide.features.select import resolve_encoders
 from fide.io import Pair, load_dataset, read_image, write_disp
@@ -399,11 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.verbose)
     if args.pairs is not None and args.pairs < 1:
         raise SystemExit(f"benchmark: --pairs must be >= 1, got {args.pairs}")
     if args.device == "cuda" and not torch.cuda.is_available():

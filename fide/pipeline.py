@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fide import geometry
-from fide.config import FideConfig
+from fide.config import FideConfig, OptimiseConfig
 from fide.features import ModalityEncoders, kmeans_labels, learned_features, mind_ssc
 from fide.optimise.deformable import optimise_deformable
 from fide.optimise.instance import WorkingPair, label_nmi, make_working_pair, optimise_affine
@@ -64,10 +64,27 @@ def _centroid(mask: torch.Tensor) -> torch.Tensor:
     return (grid * weights).sum((1, 2)) / weights.sum()
 
 
-def _full_resolution_nmi(
-    fixed_labels: torch.Tensor, moving_labels: torch.Tensor, disp: torch.Tensor, num_labels: int
-) -> float:
-    return float(label_nmi(LabelNMILoss(num_labels), fixed_labels.float(), moving_labels.float(), disp)[0])
+@dataclass
+class _PairInputs:
+    """One pair's full-resolution inputs, shared by the stages after the search."""
+
+    fixed: PreparedImage
+    moving: PreparedImage
+    fixed_labels: torch.Tensor  # (1, 1, H, W) int
+    moving_labels: torch.Tensor  # (1, 1, Hm, Wm) int
+    features: FeatureFn
+    num_labels: int
+
+    def working(self, size_px: int) -> WorkingPair:
+        return make_working_pair(self.fixed, self.moving, self.fixed_labels, self.moving_labels, size_px, self.features)
+
+    def quality(self, affine: torch.Tensor) -> float:
+        """Full-resolution NMI of the label maps under an affine (the selection criterion and the quality score)."""
+        return self.quality_of_field(geometry.affine_to_disp(affine[None], self.fixed.shape))
+
+    def quality_of_field(self, disp: torch.Tensor) -> float:
+        loss = LabelNMILoss(self.num_labels)
+        return float(label_nmi(loss, self.fixed_labels.float(), self.moving_labels.float(), disp)[0])
 
 
 def register_pair(
@@ -138,24 +155,22 @@ def register_pair(
     stage_affines["search"] = candidates[0]
     lap("search")
 
-    working = make_working_pair(fixed, moving, fixed_labels, moving_labels, opt.size_px, feature_fn)
-    starts = _screen(candidates, fixed, moving, fixed_labels, moving_labels, feature_fn, cfg)
+    inputs = _PairInputs(fixed, moving, fixed_labels, moving_labels, feature_fn, opt.num_labels)
+    starts = _screen(candidates, inputs, cfg)
     stage_affines["prealign"] = starts[0]
     lap("prealign")
 
+    working = inputs.working(opt.size_px)
     best_affine, best_quality = starts[0], -1.0
     for affine in starts:
         if cfg.runs("affine"):
             affine, _ = optimise_affine(working, affine, opt)
-        disp = geometry.affine_to_disp(affine[None], fixed.shape)
-        quality = _full_resolution_nmi(fixed_labels, moving_labels, disp, opt.num_labels)
+        quality = inputs.quality(affine)
         logger.debug("restart: full-resolution NMI %.4f", quality)
         if quality > best_quality:
             best_affine, best_quality = affine, quality
-    if cfg.runs("affine") and opt.fine_size_px > opt.size_px and opt.fine_iterations > 0:
-        best_affine, best_quality = _fine_pass(
-            fixed, moving, fixed_labels, moving_labels, feature_fn, cfg, best_affine, best_quality
-        )
+    if cfg.runs("affine") and min(opt.fine_size_px, max(fixed.shape)) > opt.size_px and opt.fine_iterations > 0:
+        best_affine, best_quality = _fine_pass(inputs, opt, best_affine, best_quality)
     if cfg.runs("affine"):
         stage_affines["affine"] = best_affine
     lap("affine")
@@ -163,7 +178,7 @@ def register_pair(
     disp = geometry.affine_to_disp(best_affine[None], fixed.shape)
     if cfg.runs("deformable") and cfg.deformable.enabled:
         deformed = optimise_deformable(working, best_affine, fixed.shape, cfg.deformable)
-        quality = _full_resolution_nmi(fixed_labels, moving_labels, deformed, opt.num_labels)
+        quality = inputs.quality_of_field(deformed)
         if quality >= best_quality:  # the residual must not lower the full-resolution similarity
             disp, best_quality = deformed, quality
         lap("deformable")
@@ -171,24 +186,14 @@ def register_pair(
 
 
 def _fine_pass(
-    fixed: PreparedImage,
-    moving: PreparedImage,
-    fixed_labels: torch.Tensor,
-    moving_labels: torch.Tensor,
-    feature_fn: FeatureFn,
-    cfg: FideConfig,
-    affine: torch.Tensor,
-    quality: float,
+    inputs: _PairInputs, opt: OptimiseConfig, affine: torch.Tensor, quality: float
 ) -> tuple[torch.Tensor, float]:
     """NMI-only refinement of the selected affine at ``fine_size_px``; kept only if full-resolution NMI rises."""
-    opt = cfg.optimise
-    fine = make_working_pair(fixed, moving, fixed_labels, moving_labels, opt.fine_size_px, feature_fn)
     schedule = dataclasses.replace(
         opt, lncc_iterations=0, nmi_iterations=opt.fine_iterations, levels=1, learning_rate=opt.fine_learning_rate
     )
-    refined, _ = optimise_affine(fine, affine, schedule)
-    disp = geometry.affine_to_disp(refined[None], fixed.shape)
-    refined_quality = _full_resolution_nmi(fixed_labels, moving_labels, disp, opt.num_labels)
+    refined, _ = optimise_affine(inputs.working(opt.fine_size_px), affine, schedule)
+    refined_quality = inputs.quality(refined)
     logger.debug("fine pass: full-resolution NMI %.4f -> %.4f", quality, refined_quality)
     return (refined, refined_quality) if refined_quality > quality else (affine, quality)
 
@@ -199,15 +204,7 @@ def _working_nmi(loss: LabelNMILoss, working: WorkingPair, affine: torch.Tensor)
     return float(label_nmi(loss, working.fixed_labels, working.moving_labels, disp)[0])
 
 
-def _screen(
-    candidates: list[torch.Tensor],
-    fixed: PreparedImage,
-    moving: PreparedImage,
-    fixed_labels: torch.Tensor,
-    moving_labels: torch.Tensor,
-    feature_fn: FeatureFn,
-    cfg: FideConfig,
-) -> list[torch.Tensor]:
+def _screen(candidates: list[torch.Tensor], inputs: _PairInputs, cfg: FideConfig) -> list[torch.Tensor]:
     """Pre-align every search candidate, polish it briefly at a coarse level and keep the ``restarts`` best.
 
     The search's ranking is only a hint at 64 px; a short NMI optimisation separates a true basin (NMI rises)
@@ -215,8 +212,8 @@ def _screen(
     """
     opt = cfg.optimise
     nmi_loss = LabelNMILoss(opt.num_labels)
-    working = make_working_pair(fixed, moving, fixed_labels, moving_labels, cfg.prealign.size_px, feature_fn)
-    coarse = make_working_pair(fixed, moving, fixed_labels, moving_labels, opt.screen_size_px, feature_fn)
+    working = inputs.working(cfg.prealign.size_px)
+    coarse = inputs.working(opt.screen_size_px)
     quick = dataclasses.replace(opt, lncc_iterations=0, nmi_iterations=opt.screen_iterations, levels=1)
     scored = []
     for affine in candidates:

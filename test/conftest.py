@@ -1,11 +1,21 @@
 """Small synthetic SHG-like / bright-field-like images for stage tests (the full generator lives in fide.synth)."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from fide import geometry
+from fide.synth import make_task
+
+# reduced search and iterations: a real registration of a 96 px pair in seconds (the operations tests)
+FAST_CONFIG = {
+    "search": {"angle_step_deg": 30.0, "scale_steps": 3, "refine_angle_steps": 3, "refine_scale_steps": 1, "top_k": 1},
+    "optimise": {"restarts": 1, "lncc_iterations": 4, "nmi_iterations": 4, "size_px": 96, "levels": 1},
+    "prealign": {"size_px": 96, "ransac_iterations": 100},
+    "encoder": {"features": "handcrafted"},
+}
 
 
 def blob_pair(size: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,3 +64,18 @@ def similarity(angle_deg: float, scale: float, size: int, shift=(0.0, 0.0)) -> t
 @pytest.fixture
 def pair128():
     return blob_pair(128, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory) -> Path:
+    """Descriptor of a 2-pair synthetic task at 96 px, shared by the operations tests (never written to)."""
+    return make_task(tmp_path_factory.mktemp("tiny_task"), 2, 96, seed=5)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster and leaves the shared cores alone (use with pytest.mark.usefixtures)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,24 +4,12 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import FAST_CONFIG
 
 from fide.ablate import COLUMNS, VARIANTS, run_ablation, variant_config
 from fide.cli.main import main
 from fide.config import FideConfig, config_from_dict
 from fide.io import load_dataset
-from fide.synth import make_task
-
-FAST = {  # reduced search and iterations: a real registration of a 96 px pair in seconds
-    "search": {"angle_step_deg": 30.0, "scale_steps": 3, "refine_angle_steps": 3, "refine_scale_steps": 1, "top_k": 1},
-    "optimise": {"restarts": 1, "lncc_iterations": 4, "nmi_iterations": 4, "size_px": 96, "levels": 1},
-    "prealign": {"size_px": 96, "ransac_iterations": 100},
-    "encoder": {"features": "handcrafted"},
-}
-
-
-@pytest.fixture(scope="module")
-def task_path(tmp_path_factory):
-    return make_task(tmp_path_factory.mktemp("task"), 2, 96, seed=6)
 
 
 def test_variants_change_only_what_they_name():
@@ -38,24 +26,24 @@ def test_variants_change_only_what_they_name():
     assert base.stages == "deformable" and base.optimise.alpha == 1.0  # the base is untouched
 
 
-def test_unknown_variant_is_a_value_error(task_path, tmp_path):
+def test_unknown_variant_is_a_value_error(tiny_task, tmp_path):
     with pytest.raises(ValueError, match="unknown variants.*'nope'"):
-        run_ablation(load_dataset(task_path), tmp_path, variants=["full", "nope"])
+        run_ablation(load_dataset(tiny_task), tmp_path, variants=["full", "nope"])
 
 
-def test_missing_learned_weights_give_an_na_row(task_path, tmp_path):
-    base = config_from_dict(FAST)
+def test_missing_learned_weights_give_an_na_row(tiny_task, tmp_path):
+    base = config_from_dict(FAST_CONFIG)
     base.encoder.weights = str(tmp_path / "no-such-weights.pt")
-    table = run_ablation(load_dataset(task_path), tmp_path, base, variants=["learned"], num_pairs=1)
+    table = run_ablation(load_dataset(tiny_task), tmp_path, base, variants=["learned"], num_pairs=1)
     assert table["note"].tolist() == ["n/a (no weights)"] and table["mean_tre"].isna().all()
 
 
-def test_cli_table_on_a_tiny_task(task_path, tmp_path):
+def test_cli_table_on_a_tiny_task(tiny_task, tmp_path):
     """Real (fast) registrations: 1 pair x (prealign, full); restarts-1 equals full here and reuses its row."""
     config = tmp_path / "fast.json"
-    config.write_text(json.dumps(FAST))
+    config.write_text(json.dumps(FAST_CONFIG))
     out = tmp_path / "ablation.csv"
-    args = ["ablate", str(task_path), "--pairs", "1", "--variants", "prealign,full,restarts-1"]
+    args = ["ablate", str(tiny_task), "--pairs", "1", "--variants", "prealign,full,restarts-1"]
     assert main([*args, "--config", str(config), "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
     table = pd.read_csv(out, keep_default_na=False)
     assert table.columns.tolist() == COLUMNS
@@ -67,6 +55,6 @@ def test_cli_table_on_a_tiny_task(task_path, tmp_path):
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["full", "prealign"]
 
 
-def test_cli_rejects_unknown_variants(task_path):
+def test_cli_rejects_unknown_variants(tiny_task):
     with pytest.raises(SystemExit):
-        main(["ablate", str(task_path), "--variants", "full,bogus"])
+        main(["ablate", str(tiny_task), "--variants", "full,bogus"])

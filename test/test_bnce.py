@@ -7,14 +7,7 @@ import torch
 
 from fide.losses import BatchNCELoss, apply_reduction, extract_patches, sample_patch_corners
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and leaves the shared cores alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dense_reference(pred: torch.Tensor, target: torch.Tensor, loss: BatchNCELoss) -> torch.Tensor:

@@ -21,13 +21,7 @@ from fide.features.encoders import (
 _FEATURES = (4, 4, 8, 8, 8, 4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and leaves the shared cores alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _encoders(out_channels: int = 1, size_px: int = 48) -> ModalityEncoders:

@@ -8,18 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import FAST_CONFIG
 
 from fide.config import config_from_dict
 from fide.io import load_dataset, read_disp
-from fide.synth import make_task
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {  # reduced search and iterations: a real registration of a 96 px pair in seconds
-    "search": {"angle_step_deg": 30.0, "scale_steps": 3, "refine_angle_steps": 3, "refine_scale_steps": 1, "top_k": 1},
-    "optimise": {"restarts": 1, "lncc_iterations": 4, "nmi_iterations": 4, "size_px": 96, "levels": 1},
-    "prealign": {"size_px": 96, "ransac_iterations": 100},
-    "encoder": {"features": "handcrafted"},
-}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +25,8 @@ def entrypoint():
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    return make_task(tmp_path_factory.mktemp("template"), 2, 96, seed=7).parent
+def template(tiny_task):
+    return tiny_task.parent
 
 
 def _read_only_copy(template, target):
@@ -60,7 +54,7 @@ def layout(template, tmp_path):
 
 def _fast(monkeypatch, entrypoint, stages="prealign"):
     def make(seed=0):
-        cfg = config_from_dict(FAST)
+        cfg = config_from_dict(FAST_CONFIG)
         cfg.stages, cfg.seed = stages, seed
         return cfg
 

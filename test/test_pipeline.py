@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import blob_pair, move, similarity
 
 from fide import geometry
 from fide.cli.evaluate import evaluate_folder
 from fide.config import FideConfig
+from fide.features.encoders import ModalityEncoders
 from fide.io import load_dataset, read_image, read_landmark_pair
 from fide.pipeline import register_pair
 from fide.runner import register_pairs
@@ -41,3 +43,17 @@ def test_stage_prefix_and_timings(task):
     assert torch.allclose(result.disp, geometry.affine_to_disp(result.affine[None], fixed.shape[-2:]))
     assert {"preprocess", "search", "prealign"} <= set(result.seconds)
     assert 0.0 <= result.quality <= 1.0
+
+
+def test_rgb_fixed_image_falls_back_to_handcrafted_features_unless_learned_is_pinned():
+    """The SHG encoders cannot read an RGB fixed image: "auto" registers with MIND-SSC, "learned" says why not."""
+    _, bf = blob_pair(96, seed=4)
+    truth = similarity(20.0, 1.0, 96, shift=(3.0, -2.0))
+    moving = move(bf, truth, fill=242.0)
+    encoders = ModalityEncoders(1, (4, 4, 8, 8, 8, 4), 96).eval()
+    cfg = FideConfig(stages="prealign")
+    result = register_pair(bf, moving, cfg, encoders=encoders)
+    assert result.disp.shape == (1, 2, 96, 96)
+    cfg.encoder.features = "learned"
+    with pytest.raises(ValueError, match="1-channel SHG fixed image"):
+        register_pair(bf, moving, cfg, encoders=encoders)

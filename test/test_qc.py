@@ -7,24 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAST_CONFIG
 
 from fide import geometry
 from fide.cli.main import main
 from fide.io import load_dataset, read_disp, read_image, read_landmark_pair
 from fide.qc import QCRecorder, pair_tre, qc_figure, qc_summary
-from fide.synth import make_task
-
-FAST = {  # reduced search and iterations: a real registration of a 96 px pair in seconds
-    "search": {"angle_step_deg": 30.0, "scale_steps": 3, "refine_angle_steps": 3, "refine_scale_steps": 1, "top_k": 1},
-    "optimise": {"restarts": 1, "lncc_iterations": 4, "nmi_iterations": 4, "size_px": 96, "levels": 1},
-    "prealign": {"size_px": 96, "ransac_iterations": 100},
-    "encoder": {"features": "handcrafted"},
-}
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return load_dataset(make_task(tmp_path_factory.mktemp("task"), 2, 96, seed=5))
+def task(tiny_task):
+    return load_dataset(tiny_task)
 
 
 def _gt(task, pair):
@@ -102,7 +95,7 @@ def test_register_qc_end_to_end(task, tmp_path):
     pairs = load_dataset(root / task.path.name).split("val")
     pairs[1].moving.unlink()
     config = tmp_path / "fast.json"
-    config.write_text(json.dumps(FAST))
+    config.write_text(json.dumps(FAST_CONFIG))
     out = tmp_path / "out"
     args = ["register", str(root / task.path.name), "-o", str(out), "--config", str(config), "--stages", "affine"]
     assert main([*args, "--qc"]) == 1  # one pair failed

@@ -39,3 +39,25 @@ def test_cross_mutual_information_peaks_at_true_shift():
     mi = cross_mutual_information(fixed, one_hot_labels(shifted, 3), min_overlap=0.3)
     index = int(mi[0].flatten().argmax())
     assert (index // 32, index % 32) == (3, 32 - 5)  # fixed(q) matches moving(q + t), t = (3, -5) mod 32
+
+
+def test_correlation_criterion_on_comparable_maps_ranks_the_truth_first(pair128):
+    """A pair of comparable maps (as the learned encoders give) proposes the first candidate; labels follow."""
+    shg, bf = pair128
+    truth = similarity(-140.0, 1.05, 128, shift=(-5.0, 3.0))
+    moving_bf = move(bf, truth, fill=242.0)
+    prepared_fixed, prepared_moving = prepare_pair(shg, moving_bf)
+    # an idealised shared representation: the fixed SHG itself, carried into the moving frame
+    fixed_map = prepared_fixed.intensity
+    moving_map = move(fixed_map[0], truth, fill=0.0)[None]
+    cfg = SearchConfig(size_px=64, refine_size_px=128, scale_min=0.8, scale_max=1.25, top_k=2)
+    centres = (_centroid(prepared_fixed.tissue), _centroid(prepared_moving.tissue))
+    candidates = search_similarity(
+        prepared_fixed.colour, prepared_moving.colour, centres, cfg, intensities=[(fixed_map, moving_map)]
+    )
+    assert 1 <= len(candidates) <= 2 * cfg.top_k
+    assert abs((candidates[0].angle_deg + 140.0 + 180) % 360 - 180) < 3.0
+    points = geometry.identity_grid((128, 128))[:, 24:-24:8, 24:-24:8].reshape(2, -1).T
+    found = geometry.apply_affine_to_points(candidates[0].affine, points)
+    error = found - geometry.apply_affine_to_points(truth, points)
+    assert float(error.norm(dim=1).mean()) < 2.0

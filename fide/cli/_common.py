@@ -1,14 +1,15 @@
-"""Arguments and set-up shared by several commands: device choice and seeding."""
+"""Arguments and set-up shared by several commands: device choice, seeding and logging."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 
 import numpy as np
 import torch
 
-__all__ = ["add_device_arguments", "select_device", "seed_everything"]
+__all__ = ["add_device_arguments", "select_device", "seed_everything", "configure_logging"]
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,3 +30,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """One log format for every fide command line (``fide``, the entry point, the benchmark)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )

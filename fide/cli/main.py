@@ -10,6 +10,7 @@ import importlib
 import logging
 import sys
 
+from fide.cli._common import configure_logging
 from fide.io import DatasetError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -43,11 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.verbose)
     try:
         return int(args.run(args) or 0)
     except DatasetError as err:
