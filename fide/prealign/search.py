@@ -307,24 +307,26 @@ def _same(a: Candidate, b: Candidate) -> bool:
 
 
 def refine_similarity(level: _Level, candidate: Candidate, cfg: SearchConfig) -> Candidate:
-    """Finer sweep of angle and scale around one candidate (at the finer ``level``), translations by FFT again."""
+    """Finer sweep of angle, then scale, around one candidate (at the finer ``level``), translations by FFT again.
+
+    Angle and scale barely interact at this resolution, so they are swept one after the other: ``A + S`` scored
+    affines instead of ``A x S``.
+    """
     base = geometry.rescale_affine(candidate.affine[None], level.fixed_factors, level.moving_factors)[0]
+    centre = torch.tensor([(n - 1) / 2 for n in level.fixed.shape[-2:]])  # perturb about the fixed image centre
+    max_shift = max(2, round(cfg.refine_max_shift * max(level.fixed.shape[-2:])))
+
+    def sweep(angles_deg: torch.Tensor, scales: torch.Tensor) -> tuple[float, float, torch.Tensor, float]:
+        local = geometry.similarity_matrix(torch.deg2rad(angles_deg), scales, centre, centre)
+        affines = base[None] @ local  # A' = A ∘ (rotate/scale about c)
+        scores, shifts = _score_candidates(level, affines, max_shift, cfg.min_overlap, cfg.batch)
+        best = int(scores.argmax())
+        full = _to_full_resolution(level, affines[best : best + 1], shifts[best : best + 1])[0]
+        return float(angles_deg[best]), float(scales[best]), full, float(scores[best])
+
     angles = torch.linspace(-cfg.refine_angle_deg, cfg.refine_angle_deg, cfg.refine_angle_steps)
     log_ratio = math.log(cfg.refine_scale_ratio)
     scales = torch.exp(torch.linspace(-log_ratio, log_ratio, cfg.refine_scale_steps))
-    # perturb about the fixed image centre: A' = A ∘ (rotate/scale about c)
-    centre = torch.tensor([(n - 1) / 2 for n in level.fixed.shape[-2:]])
-    grid = torch.tensor([(a, s) for s in scales.tolist() for a in angles.tolist()], dtype=torch.float32)
-    local = geometry.similarity_matrix(torch.deg2rad(grid[:, 0]), grid[:, 1], centre, centre)
-    affines = base[None] @ local
-    max_shift = max(2, round(cfg.refine_max_shift * max(level.fixed.shape[-2:])))
-    scores, shifts = _score_candidates(level, affines, max_shift, cfg.min_overlap, cfg.batch)
-    best = int(scores.argmax())
-    full = _to_full_resolution(level, affines[best : best + 1], shifts[best : best + 1])[0]
-    return Candidate(
-        full,
-        candidate.angle_deg + float(grid[best, 0]),
-        candidate.scale * float(grid[best, 1]),
-        candidate.mirror,
-        float(scores[best]),
-    )
+    angle, _, _, _ = sweep(angles, torch.ones_like(angles))
+    angle, scale, full, score = sweep(torch.full_like(scales, angle), scales)
+    return Candidate(full, candidate.angle_deg + angle, candidate.scale * scale, candidate.mirror, score)
