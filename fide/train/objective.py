@@ -62,6 +62,7 @@ def pair_loss(
     loss_fn: BatchNCELoss,
     cfg: TrainConfig,
     generator: torch.Generator,
+    patch_px: int,
 ) -> torch.Tensor:
     """``nce_weight * (NCE_BF->SHG + NCE_SHG->BF)`` of one aligned pair, both maps computed by ``encoders``.
 
@@ -69,6 +70,8 @@ def pair_loss(
         encoders: the encoder pair (or its DDP wrapper): ``(fixed, moving) -> (fixed_map, moving_map)``.
         item: a :class:`~fide.train.data.PairedTrainingSet` item with a batch axis: "fixed" (1, 1, H, W), "moving"
             (1, 3, H, W), "fixed_mask" and "moving_mask" (1, 1, H, W).
+        patch_px: patch side, pixels (training: ``cfg.patch_px``, so a too-small image is an error; validation
+            clamps it to small held-out images).
     """
     fixed_map, moving_map = encoders(item["fixed"], item["moving"])
     parts = bnce_objective(
@@ -78,7 +81,7 @@ def pair_loss(
         item["moving_mask"],
         loss_fn,
         cfg.num_patches,
-        min(cfg.patch_px, *fixed_map.shape[-2:]),
+        patch_px,
         generator,
     )
     return cfg.nce_weight * (parts[0] + parts[1])

@@ -297,7 +297,8 @@ def train(
         losses: list[float] = []
         for index in bar:
             item = {k: v[None].to(device) for k, v in train_set[index].items()}
-            loss = pair_loss(model, item, loss_fn, cfg, step_generator(cfg.seed, state["step"], rank))
+            generator = step_generator(cfg.seed, state["step"], rank)
+            loss = pair_loss(model, item, loss_fn, cfg, generator, cfg.patch_px)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

@@ -109,7 +109,9 @@ def bnce_validator(pairs: list[LoadedPair], cfg: TrainConfig, device: torch.devi
         with torch.no_grad():
             for index in range(len(samples)):
                 item = {k: v[None].to(device) for k, v in samples[index].items()}
-                total += float(pair_loss(encoders, item, loss_fn, cfg, step_generator(cfg.seed, index, -1)))
+                patch_px = min(cfg.patch_px, *item["fixed"].shape[-2:])
+                generator = step_generator(cfg.seed, index, -1)
+                total += float(pair_loss(encoders, item, loss_fn, cfg, generator, patch_px))
         encoders.train(was_training)
         value = total / len(samples)
         return {"score": value, "bnce": value, "tiebreak": value}  # any decrease counts, whatever the tolerance
