@@ -161,10 +161,10 @@ def register_pair(
     lap("prealign")
 
     working = inputs.working(opt.size_px)
+    if cfg.runs("affine"):
+        starts = list(optimise_affine(working, torch.stack(starts), opt)[0])
     best_affine, best_quality = starts[0], -1.0
     for affine in starts:
-        if cfg.runs("affine"):
-            affine, _ = optimise_affine(working, affine, opt)
         quality = inputs.quality(affine)
         logger.debug("restart: full-resolution NMI %.4f", quality)
         if quality > best_quality:
@@ -192,7 +192,7 @@ def _fine_pass(
     schedule = dataclasses.replace(
         opt, lncc_iterations=0, nmi_iterations=opt.fine_iterations, levels=1, learning_rate=opt.fine_learning_rate
     )
-    refined, _ = optimise_affine(inputs.working(opt.fine_size_px), affine, schedule)
+    refined = optimise_affine(inputs.working(opt.fine_size_px), affine, schedule)[0][0]
     refined_quality = inputs.quality(refined)
     logger.debug("fine pass: full-resolution NMI %.4f -> %.4f", quality, refined_quality)
     return (refined, refined_quality) if refined_quality > quality else (affine, quality)
@@ -215,17 +215,19 @@ def _screen(candidates: list[torch.Tensor], inputs: _PairInputs, cfg: FideConfig
     working = inputs.working(cfg.prealign.size_px)
     coarse = inputs.working(opt.screen_size_px)
     quick = dataclasses.replace(opt, lncc_iterations=0, nmi_iterations=opt.screen_iterations, levels=1)
-    scored = []
+    starts = []
     for affine in candidates:
         if cfg.runs("prealign"):
             refined, _ = prealign_affine(working, affine, cfg.prealign)
             if _working_nmi(nmi_loss, working, refined) >= _working_nmi(nmi_loss, working, affine):
                 affine = refined  # keypoints are checked against the search, never trusted blindly
-        if cfg.runs("affine") and len(candidates) > opt.restarts:
-            affine, score = optimise_affine(coarse, affine, quick)
-        else:
-            score = _working_nmi(nmi_loss, coarse, affine)
-        scored.append((score, affine))
+        starts.append(affine)
+    if cfg.runs("affine") and len(candidates) > opt.restarts:
+        polished, scores = optimise_affine(coarse, torch.stack(starts), quick)
+        scored = list(zip(scores.tolist(), polished))
+    else:
+        scored = [(_working_nmi(nmi_loss, coarse, affine), affine) for affine in starts]
+    for score, _ in scored:
         logger.debug("screen: NMI %.4f", score)
     scored.sort(key=lambda item: -item[0])
     best = scored[0][0]
