@@ -84,12 +84,16 @@ class Method:
     warm_up: Callable[[], None] | None = None
 
 
-def _fide_runner(stages: str = "deformable", features: str | None = None, method: str = "fide") -> Runner:
-    """fide through ``fide.runner.register_pairs``; ``features`` pins ``cfg.encoder.features`` for this row."""
+def _fide_runner(
+    stages: str = "deformable", features: str | None = None, method: str = "fide", deformable: bool = False
+) -> Runner:
+    """fide through ``fide.runner.register_pairs``; ``features`` pins ``cfg.encoder.features`` for this row and
+    ``deformable`` turns on the optional deformable residual (off by default)."""
 
     def run(pairs: list[Pair], out: Path, options: RunOptions) -> pd.DataFrame:
         cfg = FideConfig(stages=stages)
         cfg.encoder.features = features or options.features or cfg.encoder.features
+        cfg.deformable.enabled = deformable
         if method == "fide":
             logger.info("fide config: stages=%s, encoder.features=%s", cfg.stages, cfg.encoder.features)
         device = torch.device(options.device)
@@ -172,6 +176,7 @@ METHODS: dict[str, Method] = {
     ),
     "fide-handcrafted": Method("fide (handcrafted)", _fide_runner(features="handcrafted")),
     "fide-handcrafted-prealign": Method("fide (handcrafted, stages=prealign)", _fide_runner("prealign", "handcrafted")),
+    "fide-deformable": Method("fide (+ deformable residual)", _fide_runner(deformable=True)),
     "zero": Method("zero field", _fide_runner(method="zero")),
     "elastix-affine": Method(
         "elastix affine (MI)",

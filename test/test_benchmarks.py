@@ -129,3 +129,21 @@ def test_method_registry():
     assert benchmark._look_up_methods("all") == list(benchmark.METHODS)
     with pytest.raises(argparse.ArgumentTypeError, match="unknown methods"):
         benchmark._look_up_methods("zero,nonsense")
+
+
+@pytest.mark.parametrize(
+    ("name", "stages", "deformable"),
+    [("fide", "deformable", False), ("fide-deformable", "deformable", True), ("fide-prealign", "prealign", False)],
+)
+def test_fide_rows_pass_their_configuration(name, stages, deformable, monkeypatch, tmp_path):
+    import run as benchmark
+
+    seen = {}
+
+    def fake_register_pairs(pairs, out, cfg, **kwargs):
+        seen["cfg"] = cfg
+        return pd.DataFrame()
+
+    monkeypatch.setattr(benchmark, "register_pairs", fake_register_pairs)
+    benchmark.METHODS[name].run([], tmp_path, benchmark.RunOptions(features="handcrafted"))
+    assert seen["cfg"].stages == stages and seen["cfg"].deformable.enabled is deformable
