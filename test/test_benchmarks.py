@@ -122,13 +122,13 @@ def test_missing_elastix_skips_its_rows(monkeypatch, tmp_path):
 
 
 def test_method_registry():
-    import run as benchmark
+    import methods
 
-    assert set(benchmark.DEFAULT_METHODS) <= set(benchmark.METHODS)
-    assert benchmark.METHODS["fide-prealign"].label == "fide (stages=prealign)"
-    assert benchmark._look_up_methods("all") == list(benchmark.METHODS)
+    assert set(methods.DEFAULT_METHODS) <= set(methods.METHODS)
+    assert methods.METHODS["fide-prealign"].label == "fide (stages=prealign)"
+    assert methods.look_up_methods("all") == list(methods.METHODS)
     with pytest.raises(argparse.ArgumentTypeError, match="unknown methods"):
-        benchmark._look_up_methods("zero,nonsense")
+        methods.look_up_methods("zero,nonsense")
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_method_registry():
     [("fide", "deformable", False), ("fide-deformable", "deformable", True), ("fide-prealign", "prealign", False)],
 )
 def test_fide_rows_pass_their_configuration(name, stages, deformable, monkeypatch, tmp_path):
-    import run as benchmark
+    import methods
 
     seen = {}
 
@@ -144,6 +144,6 @@ def test_fide_rows_pass_their_configuration(name, stages, deformable, monkeypatc
         seen["cfg"] = cfg
         return pd.DataFrame()
 
-    monkeypatch.setattr(benchmark, "register_pairs", fake_register_pairs)
-    benchmark.METHODS[name].run([], tmp_path, benchmark.RunOptions(features="handcrafted"))
+    monkeypatch.setattr(methods, "register_pairs", fake_register_pairs)
+    methods.METHODS[name].run([], tmp_path, methods.RunOptions(features="handcrafted"))
     assert seen["cfg"].stages == stages and seen["cfg"].deformable.enabled is deformable
