@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from fide import geometry  # noqa: E402
+from fide.config import OptimiseConfig  # noqa: E402
 from fide.io import DatasetError, Pair, read_disp, read_image, read_landmark_pair, read_spacing  # noqa: E402
 from fide.warp_points import warp_points  # noqa: E402
 
@@ -272,7 +273,13 @@ class QCRecorder:
         max_px: longest side of the displayed panels.
     """
 
-    def __init__(self, folder: str | Path, *, quality_flag_below: float = 0.05, max_px: int = DISPLAY_PX) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        quality_flag_below: float = OptimiseConfig.quality_flag_below,
+        max_px: int = DISPLAY_PX,
+    ) -> None:
         if max_px < 16:
             raise ValueError(f"max_px must be >= 16, got {max_px}")
         self.folder = Path(folder)

@@ -208,3 +208,19 @@ def test_real_registration_through_the_runner(task, tmp_path):
     assert table["status"][0] in ("ok", "flagged") and 0 <= table["quality"][0] <= 1
     assert read_disp(tmp_path / "out" / pairs[0].disp_name, (64, 64)).shape == (2, 64, 64)
     assert seen and seen[0].disp.shape == (1, 2, 64, 64)
+
+
+def test_low_quality_pairs_are_flagged_below_the_configured_nmi(task, tmp_path, monkeypatch):
+    pairs = _pairs(task)[:3]
+    qualities = iter([0.01, 0.03, float("nan")])  # a failed-looking pair, a registered 512 px pair, the zero field
+
+    def scored(fixed, moving, *rest):
+        result = METHODS["zero"](fixed, moving, *rest)
+        return RegistrationResult(result.disp, result.affine, next(qualities), {}, {})
+
+    monkeypatch.setitem(METHODS, "scored", scored)
+    cfg = FideConfig()
+    assert cfg.optimise.quality_flag_below == 0.025
+    table = register_pairs(pairs, tmp_path / "out", cfg, method="scored")
+    assert list(table["status"]) == ["flagged", "ok", "ok"]
+    assert table["message"][0] == "low NMI 0.010" and table["message"][1] == ""
