@@ -74,9 +74,15 @@ class _PairInputs:
     moving_labels: torch.Tensor  # (1, 1, Hm, Wm) int
     features: FeatureFn
     num_labels: int
+    _working: dict[int, WorkingPair] = field(default_factory=dict, repr=False)
 
     def working(self, size_px: int) -> WorkingPair:
-        return make_working_pair(self.fixed, self.moving, self.fixed_labels, self.moving_labels, size_px, self.features)
+        """The pair at ``size_px``, built once (pre-alignment and optimisation share the 256 px one)."""
+        if size_px not in self._working:
+            self._working[size_px] = make_working_pair(
+                self.fixed, self.moving, self.fixed_labels, self.moving_labels, size_px, self.features
+            )
+        return self._working[size_px]
 
     def quality(self, affine: torch.Tensor) -> float:
         """Full-resolution NMI of the label maps under an affine (the selection criterion and the quality score)."""

@@ -6,6 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from conftest import FAST_CONFIG
 
 from fide.cli.main import main
 from fide.cli.register import parse_shard
@@ -15,14 +16,8 @@ from fide.pipeline import RegistrationResult, register_pair
 from fide.runner import METHODS, merge_results, register_pairs, select_shard
 from fide.synth import make_task
 
-# reduced search and iterations: a real registration of a 96-160 px pair in seconds on one CPU core
-FAST = {
-    "search": {"angle_step_deg": 30.0, "scale_steps": 3, "refine_angle_steps": 3, "refine_scale_steps": 1, "top_k": 1},
-    "optimise": {"restarts": 1, "lncc_iterations": 4, "nmi_iterations": 4, "size_px": 96, "levels": 1},
-    "prealign": {"size_px": 96, "ransac_iterations": 100},
-    "encoder": {"features": "handcrafted"},
-    "deformable": {"size_px": 96, "iterations": 5},
-}
+# the shared fast configuration, with a short deformable stage for the runs that include it
+FAST = {**FAST_CONFIG, "deformable": {"size_px": 96, "iterations": 5}}
 
 
 def fast_config(stages: str = "affine") -> FideConfig:

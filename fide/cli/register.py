@@ -8,9 +8,13 @@ import logging
 import re
 from pathlib import Path
 
+import pandas as pd
+import torch
+
 from fide.config import STAGES, FideConfig, config_from_dict
+from fide.features import ModalityEncoders
 from fide.features.select import resolve_encoders
-from fide.io import load_dataset
+from fide.io import Pair, load_dataset
 from fide.runner import METHODS, merge_results, register_pairs, select_shard
 
 from ._common import add_device_arguments, seed_everything, select_device
@@ -71,7 +75,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def register_with_run_options(pairs, args: argparse.Namespace, cfg: FideConfig, device, encoders, method="fide"):
+def register_with_run_options(
+    pairs: list[Pair],
+    args: argparse.Namespace,
+    cfg: FideConfig,
+    device: torch.device,
+    encoders: ModalityEncoders | None,
+    method: str = "fide",
+) -> pd.DataFrame:
     """``register_pairs`` with the options of :func:`add_run_arguments` (``--qc``, ``--force``, ``--shard``).
 
     Shared by ``fide register`` and the container entry point; ``args.output`` is the output folder.
