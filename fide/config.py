@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "PreprocessConfig",
     "SearchConfig",
+    "FibreConfig",
     "PrealignConfig",
     "OptimiseConfig",
     "DeformableConfig",
@@ -62,6 +63,35 @@ class SearchConfig:
     refine_scale_steps: int = 5
     refine_scale_ratio: float = 1.06  # +- ratio of the fine scale sweep
     refine_max_shift: float = 0.06  # translations of the fine sweep, fraction of the image side
+
+
+@dataclass
+class FibreConfig:
+    """Fallback search on the fibre texture of SHG collagen patches, for pairs whose quality score stays low.
+
+    Lengths are pixels of an 834 px image (the challenge size), scaled with the image side.
+    """
+
+    enabled: bool = True
+    size_px: int = 278  # fide: exhaustive grid at a third of 834 px: fibres survive as texture, an FFT ~1 ms
+    band_px: tuple[float, float] = (2.0, 8.0)  # fide: band-pass Gaussian sigmas of the grid searches
+    patch_smooth_px: float = 4.0  # smoothing before the SHG patches are thresholded
+    patches: int = 3  # the largest patches vote on the grids
+    patch_max_radius_px: float = 150.0  # wider patches are cut to this disk
+    angle_step_deg: float = 6.0  # fide: a patch's texture still correlates ~3° and 3 % off its pose
+    scale_step: float = 0.06
+    pool_px: int = 2  # tolerance of each vote, pixels at size_px, for the grid's pose error
+    refine_size_px: int = 417  # fine grid and first continuous fit
+    refine_angle_deg: float = 3.0
+    refine_angle_step_deg: float = 1.0
+    refine_scale_ratio: float = 1.03
+    refine_scale_steps: int = 3
+    refine_patches: int = 12  # patches of the continuous fits
+    final_band_px: tuple[float, float] = (1.0, 6.0)  # band of the last fit (full resolution) and texture score
+    refine_iterations: int = 60  # Adam steps of each continuous affine fit
+    refine_learning_rate: float = 0.1
+    accept_ratio: float = 1.5  # fide: kept only if its texture score beats the current affine's by this factor
+    batch: int = 32
 
 
 @dataclass
@@ -148,6 +178,7 @@ class EncoderConfig:
 class FideConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    fibres: FibreConfig = field(default_factory=FibreConfig)
     prealign: PrealignConfig = field(default_factory=PrealignConfig)
     optimise: OptimiseConfig = field(default_factory=OptimiseConfig)
     deformable: DeformableConfig = field(default_factory=DeformableConfig)

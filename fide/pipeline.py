@@ -1,5 +1,7 @@
 """The registration of one pair: preprocess → features → global search → pre-alignment → optimisation → field.
 
+Pairs whose quality score stays low get one more chance from the fibre-texture search (sparse SHG).
+
 Every stage is a function over tensors living in its own module; this module only wires them together and keeps
 the best of several restarts.
 """
@@ -20,6 +22,7 @@ from fide.features import ModalityEncoders, kmeans_labels, learned_features, min
 from fide.optimise.deformable import optimise_deformable
 from fide.optimise.instance import WorkingPair, label_nmi, make_working_pair, optimise_affine
 from fide.optimise.losses import LabelNMILoss
+from fide.prealign.fibres import fibre_search, texture_score
 from fide.prealign.prealign import prealign_affine
 from fide.prealign.search import search_similarity
 from fide.preprocess import PreparedImage, prepare_pair
@@ -181,6 +184,11 @@ def register_pair(
         stage_affines["affine"] = best_affine
     lap("affine")
 
+    if cfg.runs("affine") and best_quality < opt.quality_flag_below and _fibre_fallback_applies(fixed, moving, cfg):
+        best_affine, best_quality = _fibre_fallback(inputs, cfg, best_affine, best_quality)
+        stage_affines["fibres"] = best_affine
+        lap("fibres")
+
     disp = geometry.affine_to_disp(best_affine[None], fixed.shape)
     if cfg.runs("deformable") and cfg.deformable.enabled:
         deformed = optimise_deformable(working, best_affine, fixed.shape, cfg.deformable)
@@ -189,6 +197,30 @@ def register_pair(
             disp, best_quality = deformed, quality
         lap("deformable")
     return RegistrationResult(disp.detach(), best_affine.detach(), best_quality, stage_affines, timings)
+
+
+def _fibre_fallback_applies(fixed: PreparedImage, moving: PreparedImage, cfg: FideConfig) -> bool:
+    return cfg.fibres.enabled and fixed.raw.shape[1] == 1 and moving.raw.shape[1] == 3  # SHG against H&E only
+
+
+def _fibre_fallback(
+    inputs: _PairInputs, cfg: FideConfig, affine: torch.Tensor, quality: float
+) -> tuple[torch.Tensor, float]:
+    """For a pair whose label NMI stays low: the fibre-texture search, kept if its texture score clearly wins.
+
+    Label NMI cannot judge such pairs (on nearly empty SHG it can score a wrong pose above the true one), so the
+    choice is made by the measure the search optimises, evaluated on both affines alike.
+    """
+    fixed, moving = inputs.fixed.intensity, inputs.moving.intensity
+    match = fibre_search(fixed, moving, cfg.fibres, (cfg.search.scale_min, cfg.search.scale_max))
+    if match is None:
+        logger.debug("fibre fallback: fewer than two SHG patches")
+        return affine, quality
+    current = texture_score(fixed, moving, affine, cfg.fibres)
+    logger.debug("fibre fallback: texture NCC %.3f (current %.3f)", match.texture_score, current)
+    if match.texture_score > max(cfg.fibres.accept_ratio * current, 0.0):
+        return match.affine, inputs.quality(match.affine)
+    return affine, quality
 
 
 def _fine_pass(
