@@ -36,7 +36,7 @@ def _texture(size: int, seed: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def sparse_pair():
-    """Fixed: the moving texture, seen only inside four disks (an "empty core"); moving: texture everywhere.
+    """Fixed: the moving texture, seen only inside seven disks (an "empty core"); moving: texture everywhere.
 
     Returns fixed (1, 1, H, W), moving (1, 1, H, W) and the true fixed-to-moving affine.
     """
@@ -44,7 +44,8 @@ def sparse_pair():
     seen_from_fixed = geometry.warp(texture, geometry.affine_to_disp(TRUE_POSE[None], (SIZE, SIZE)))
     grid = geometry.identity_grid((SIZE, SIZE))
     disks = torch.zeros(SIZE, SIZE)
-    for (ci, cj), radius in zip([(70, 80), (120, 130), (85, 135), (130, 70)], [24, 20, 16, 13]):
+    centres = [(70, 80), (120, 130), (80, 140), (135, 70), (100, 100), (55, 120), (145, 115)]
+    for (ci, cj), radius in zip(centres, [20, 18, 14, 13, 11, 10, 10]):
         disks += ((grid[0] - ci) ** 2 + (grid[1] - cj) ** 2 < radius**2).float()
     return seen_from_fixed * disks, texture, TRUE_POSE
 
@@ -99,6 +100,22 @@ def test_refine_on_patches_removes_a_small_error(sparse_pair):
     before = geometry.apply_affine_to_points(start, points) - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).max()) < 0.3 < 1.0 < float(before.norm(dim=1).max())
     assert score > 0.9
+
+
+def test_locate_patches_finds_each_patch_near_a_rough_pose(sparse_pair):
+    fixed, moving, truth = sparse_pair
+    level = fibres._level(fixed, moving, SIZE, SMALL.band_px, 7, SMALL)
+    rough = truth @ similarity(2.0, 1.02, SIZE, shift=(3.0, -2.0))
+    centres, positions, peaks = fibres.locate_patches(level, rough, window_px=10)
+    assert len(centres) == len(level.patches) >= 5 and bool((peaks > 0.5).all())
+    error = positions - geometry.apply_affine_to_points(truth, centres)
+    assert float(error.norm(dim=1).max()) <= 1.5
+
+
+def test_an_unconfirmed_vote_gives_no_match(sparse_pair):
+    """Patches of one texture against an unrelated texture: whatever wins the vote, the patches do not agree."""
+    fixed, _, _ = sparse_pair
+    assert fibres.fibre_search(fixed, _texture(SIZE, seed=9), SMALL, scale_range=(0.9, 1.25)) is None
 
 
 def test_fewer_than_two_patches_give_no_match():

@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from fide import geometry
 from fide.config import FibreConfig
+from fide.prealign.ransac import ransac_affine
 
 REFERENCE_SIDE = 834
 
@@ -144,6 +145,56 @@ class _MovingSpectra:
         return self._rms[radius]
 
 
+def _patch_ncc(
+    fixed_band: torch.Tensor, patch: Patch, linear: torch.Tensor, spectra: _MovingSpectra, box: int
+) -> torch.Tensor:
+    """(B, Hm, Wm) NCC of one patch under B linear maps, indexed by the moving position of the patch centre."""
+    size = spectra.size
+    # template of each pose in the moving frame: T(u) = fixed(centre + L^-1 u)
+    offsets = spectra.offsets[:, :box, :box]  # (2, box, box): u = q - centre
+    points = patch.centre.view(1, 2, 1, 1) + torch.einsum("bij,jhw->bihw", torch.linalg.inv(linear), offsets)
+    grid = geometry.pixel_to_normalised(points.permute(0, 2, 3, 1), fixed_band.shape[-2:])
+    pair = torch.stack([fixed_band[0, 0], patch.mask])[None].expand(len(linear), -1, -1, -1)
+    sampled = F.grid_sample(pair, grid, align_corners=True, padding_mode="zeros")
+    template, mask = sampled[:, 0], (sampled[:, 1] > 0.5).float()
+    count = mask.sum((1, 2), keepdim=True).clamp(min=1)
+    template = (template - (template * mask).sum((1, 2), keepdim=True) / count) * mask
+    template = template / template.norm(dim=(1, 2), keepdim=True).clamp(min=1e-8)
+    spectrum = torch.fft.rfft2(template, s=spectra.canvas).conj() * spectra.image
+    ncc = torch.fft.irfft2(spectrum, s=spectra.canvas)[:, : size[0], : size[1]] / count.sqrt()
+    radius = torch.round(torch.sqrt(count[:, 0, 0] / math.pi))
+    for r in torch.unique(radius).tolist():
+        ncc[radius == r] /= spectra.local_rms(r)[: size[0], : size[1]]
+    return ncc
+
+
+def locate_patches(
+    level: _Level, affine: torch.Tensor, window_px: int, min_ncc: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each patch's own best position near where ``affine`` puts it (its linear part orients the templates).
+
+    Returns fixed centres (P, 2), their moving positions (P, 2) and peak NCCs (P,), for patches peaking above
+    ``min_ncc``; all on the level's grid.
+    """
+    linear = affine[:2, :2][None]
+    box = _box_px(level.patches, linear)
+    spectra = _MovingSpectra(level.moving_band, box)
+    grid = geometry.identity_grid(spectra.size, like=level.moving_band)
+    centres, positions, peaks = [], [], []
+    for patch in level.patches:
+        ncc = _patch_ncc(level.fixed_band, patch, linear, spectra, box)[0]
+        predicted = affine[:2, :2] @ patch.centre + affine[:2, 2]
+        near = (grid - predicted.view(2, 1, 1)).abs().amax(0) <= window_px
+        value, index = torch.where(near, ncc, torch.full_like(ncc, -2.0)).flatten().max(0)
+        if float(value) > min_ncc:
+            centres.append(patch.centre)
+            positions.append(torch.stack([index // ncc.shape[1], index % ncc.shape[1]]).float())
+            peaks.append(value)
+    if not centres:
+        return torch.zeros(0, 2), torch.zeros(0, 2), torch.zeros(0)
+    return torch.stack(centres), torch.stack(positions), torch.stack(peaks)
+
+
 def patch_consensus(
     fixed_band: torch.Tensor,
     moving_band: torch.Tensor,
@@ -170,29 +221,11 @@ def patch_consensus(
     size = moving_band.shape[-2:]
     areas = torch.stack([p.mask.sum() for p in patches])
     reference = (torch.stack([p.centre for p in patches]) * areas[:, None]).sum(0) / areas.sum()
-    inverse = torch.linalg.inv(linear)
     box = _box_px(patches, linear)
     spectra = spectra if spectra is not None and spectra.fits(size, box) else _MovingSpectra(moving_band, box)
-    moving = spectra.moving
-    offsets = spectra.offsets[:, :box, :box]  # (2, box, box): u = q - centre
-    votes = torch.zeros(len(linear), *size, device=moving.device)
+    votes = torch.zeros(len(linear), *size, device=moving_band.device)
     for patch in patches:
-        # template of each pose in the moving frame: T(u) = fixed(centre + L^-1 u)
-        points = patch.centre.view(1, 2, 1, 1) + torch.einsum("bij,jhw->bihw", inverse, offsets)
-        grid = geometry.pixel_to_normalised(points.permute(0, 2, 3, 1), fixed_band.shape[-2:])
-        pair = torch.stack([fixed_band[0, 0], patch.mask])[None].expand(len(linear), -1, -1, -1)
-        sampled = F.grid_sample(pair, grid, align_corners=True, padding_mode="zeros")
-        template, mask = sampled[:, 0], (sampled[:, 1] > 0.5).float()
-        count = mask.sum((1, 2), keepdim=True).clamp(min=1)
-        template = (template - (template * mask).sum((1, 2), keepdim=True) / count) * mask
-        template = template / template.norm(dim=(1, 2), keepdim=True).clamp(min=1e-8)
-        canvas = spectra.canvas
-        spectrum = torch.fft.rfft2(template, s=canvas).conj() * spectra.image
-        ncc = torch.fft.irfft2(spectrum, s=canvas)[:, : size[0], : size[1]] / count.sqrt()  # index = patch centre
-        radius = torch.round(torch.sqrt(count[:, 0, 0] / math.pi))
-        for r in torch.unique(radius).tolist():
-            ncc[radius == r] /= spectra.local_rms(r)[: size[0], : size[1]]
-        ncc = _dilate(ncc, pool_px)
+        ncc = _dilate(_patch_ncc(fixed_band, patch, linear, spectra, box), pool_px)
         # the patch centre sits at reference' + L (centre - reference): read each vote at that spot (nearest pixel)
         shifts = torch.round(torch.einsum("bij,j->bi", linear, patch.centre - reference)).long().tolist()
         for b, (di, dj) in enumerate(shifts):
@@ -351,7 +384,7 @@ def texture_score(fixed: torch.Tensor, moving: torch.Tensor, affine: torch.Tenso
 def fibre_search(
     fixed: torch.Tensor, moving: torch.Tensor, cfg: FibreConfig, scale_range: tuple[float, float]
 ) -> FibreMatch | None:
-    """The similarity on which the SHG collagen patches agree, then an affine fitted to their texture.
+    """The similarity on which the largest SHG collagen patches agree, confirmed and made affine by every patch.
 
     Args:
         fixed: (1, 1, H, W) SHG intensity (log, normalised), full resolution.
@@ -360,7 +393,8 @@ def fibre_search(
         scale_range: (min, max) isotropic scales searched, moving pixels per fixed pixel.
 
     Returns:
-        The match, or None when the SHG has fewer than two patches (nothing to agree on).
+        The match, or None when the SHG has fewer than two patches (nothing to agree on) or too few patches confirm
+        the voted pose.
     """
     coarse = _level(fixed, moving, cfg.size_px, cfg.band_px, cfg.patches, cfg)
     if len(coarse.patches) < 2:
@@ -368,14 +402,19 @@ def fibre_search(
     linear = similarity_grid(*scale_range, cfg.angle_step_deg, cfg.scale_step).to(fixed)
     grid_score, best, runner_up = _best_pose(coarse, linear, cfg.batch, cfg.pool_px)
     affine = coarse.up(best)
-    # a fine grid around that pose at a finer level, votes unpooled for the position
-    fine = _level(fixed, moving, cfg.refine_size_px, cfg.band_px, cfg.patches, cfg)
-    span = torch.arange(-cfg.refine_angle_deg, cfg.refine_angle_deg + 1e-6, cfg.refine_angle_step_deg)
-    ratios = torch.exp(torch.linspace(-1, 1, 2 * cfg.refine_scale_steps + 1) * math.log(cfg.refine_scale_ratio))
-    angle, ratio = (t.flatten() for t in torch.meshgrid(span * math.pi / 180, ratios, indexing="ij"))
-    local = geometry.similarity_matrix(angle, ratio, torch.zeros(2), torch.zeros(2))[:, :2, :2].to(fixed)
-    affine = fine.up(_best_pose(fine, fine.down(affine)[:2, :2] @ local, cfg.batch, 0)[1])
-    # continuous fits on more patches (constraints without FFTs), the last on the finest texture at full resolution
+    # every patch finds its own position near the voted pose; an affine through the consistent ones (RANSAC) adds
+    # the shear and anisotropy a similarity lacks. Fewer than min_inliers agreeing: the vote was not confirmed.
+    fine = _level(fixed, moving, cfg.refine_size_px, cfg.band_px, cfg.refine_patches, cfg)
+    length = max(fine.fixed_band.shape[-2:]) / REFERENCE_SIDE
+    for window in (cfg.locate_window_px, cfg.locate_window_px / 3):
+        centres, positions, _ = locate_patches(fine, fine.down(affine), max(2, round(window * length)))
+        fitted, inliers = ransac_affine(
+            centres, positions, threshold_px=cfg.ransac_threshold_px * length, iterations=cfg.ransac_iterations, seed=0
+        )
+        if int(inliers.sum()) < cfg.min_inliers:
+            return None
+        affine = fine.up(fitted)
+    # continuous fits on the texture: at the fine level, then the finest texture at full resolution
     score = 0.0
     for size_px, band in ((cfg.refine_size_px, cfg.band_px), (max(fixed.shape[-2:]), cfg.final_band_px)):
         level = _level(fixed, moving, size_px, band, cfg.refine_patches, cfg)
