@@ -44,6 +44,7 @@ class RegistrationResult:
         quality: full-resolution NMI of the label maps under ``disp``, in [0, 1] (higher is better).
         stage_affines: the affine after each stage that ran (for ablations and QC).
         seconds: wall time per stage.
+        notes: what a user should know about this pair (e.g. what the fibre fallback did), one line each.
     """
 
     disp: torch.Tensor
@@ -51,6 +52,7 @@ class RegistrationResult:
     quality: float
     stage_affines: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def handcrafted_features(fixed: torch.Tensor, moving: torch.Tensor, radius: int = 1, dilation: int = 2):
@@ -123,6 +125,7 @@ def register_pair(
     generator_seed = cfg.seed
     timings: dict[str, float] = {}
     stage_affines: dict[str, torch.Tensor] = {}
+    notes: list[str] = []
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -185,8 +188,9 @@ def register_pair(
     lap("affine")
 
     if cfg.runs("affine") and best_quality < opt.quality_flag_below and _fibre_fallback_applies(fixed, moving, cfg):
-        best_affine, best_quality = _fibre_fallback(inputs, cfg, best_affine, best_quality)
+        best_affine, best_quality, note = _fibre_fallback(inputs, cfg, best_affine, best_quality)
         stage_affines["fibres"] = best_affine
+        notes.append(note)
         lap("fibres")
 
     disp = geometry.affine_to_disp(best_affine[None], fixed.shape)
@@ -196,7 +200,7 @@ def register_pair(
         if quality >= best_quality:  # the residual must not lower the full-resolution similarity
             disp, best_quality = deformed, quality
         lap("deformable")
-    return RegistrationResult(disp.detach(), best_affine.detach(), best_quality, stage_affines, timings)
+    return RegistrationResult(disp.detach(), best_affine.detach(), best_quality, stage_affines, timings, notes)
 
 
 def _fibre_fallback_applies(fixed: PreparedImage, moving: PreparedImage, cfg: FideConfig) -> bool:
@@ -205,22 +209,22 @@ def _fibre_fallback_applies(fixed: PreparedImage, moving: PreparedImage, cfg: Fi
 
 def _fibre_fallback(
     inputs: _PairInputs, cfg: FideConfig, affine: torch.Tensor, quality: float
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, float, str]:
     """For a pair whose label NMI stays low: the fibre-texture search, kept if its texture score clearly wins.
 
     Label NMI cannot judge such pairs (on nearly empty SHG it can score a wrong pose above the true one), so the
-    choice is made by the measure the search optimises, evaluated on both affines alike.
+    choice is made by the measure the search optimises, evaluated on both affines alike. Returns the affine, its
+    NMI and a one-line note of what happened.
     """
     fixed, moving = inputs.fixed.intensity, inputs.moving.intensity
     match = fibre_search(fixed, moving, cfg.fibres, (cfg.search.scale_min, cfg.search.scale_max))
     if match is None:
-        logger.debug("fibre fallback: fewer than two SHG patches")
-        return affine, quality
+        return affine, quality, "fibre fallback: no confirmed match"
     current = texture_score(fixed, moving, affine, cfg.fibres)
-    logger.debug("fibre fallback: texture NCC %.3f (current %.3f)", match.texture_score, current)
+    scores = f"texture NCC {match.texture_score:.3f} vs {current:.3f}"
     if match.texture_score > max(cfg.fibres.accept_ratio * current, 0.0):
-        return match.affine, inputs.quality(match.affine)
-    return affine, quality
+        return match.affine, inputs.quality(match.affine), f"fibre fallback kept: {scores}"
+    return affine, quality, f"fibre fallback not kept: {scores}"
 
 
 def _fine_pass(

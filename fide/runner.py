@@ -265,7 +265,7 @@ def register_pairs(
             write_disp(target, result.disp[0])
             flagged = result.quality == result.quality and result.quality < cfg.optimise.quality_flag_below
             status = "flagged" if flagged else "ok"
-            message = f"low NMI {result.quality:.3f}" if flagged else ""
+            message = "; ".join(([f"low NMI {result.quality:.3f}"] if flagged else []) + result.notes)
             rows.append(PairOutcome(pair.name, status, time.perf_counter() - start, result.quality, message))
         except Exception as err:  # noqa: BLE001 - one pair never stops the others; the reason is recorded
             result = None

@@ -79,3 +79,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def fibre_texture(size: int, seed: int) -> torch.Tensor:
+    """(1, 1, H, W) fibre-like texture in [0, 1]: thresholded band-limited noise."""
+    from fide.prealign.fibre_match import band_pass
+
+    noise = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(seed))
+    smooth = band_pass(noise, 1.5, 6.0)
+    return (smooth / smooth.std()).clamp(0, 3) / 3
+
+
+def empty_core_pair(size: int, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A nearly empty SHG: the moving texture seen only inside seven disks; the moving image: texture everywhere.
+
+    Returns fixed (1, 1, H, W) and moving (1, 1, H, W) intensities; ``pose`` maps fixed to moving pixels.
+    """
+    texture = fibre_texture(size, seed=4)
+    seen_from_fixed = geometry.warp(texture, geometry.affine_to_disp(pose[None], (size, size)))
+    grid = geometry.identity_grid((size, size))
+    disks = torch.zeros(size, size)
+    centres = [(0.35, 0.4), (0.6, 0.65), (0.4, 0.7), (0.675, 0.35), (0.5, 0.5), (0.275, 0.6), (0.725, 0.575)]
+    for (ci, cj), radius in zip(centres, [0.1, 0.09, 0.07, 0.065, 0.055, 0.05, 0.05]):
+        disks += ((grid[0] - ci * size) ** 2 + (grid[1] - cj * size) ** 2 < (radius * size) ** 2).float()
+    return seen_from_fixed * disks, texture

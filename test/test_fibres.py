@@ -1,15 +1,14 @@
-"""Fibre-texture search (fide/prealign/fibres.py) on a nearly empty SHG: a few textured patches, nothing else."""
-
-import math
+"""The fibre fallback (fide/prealign/fibres.py) on a nearly empty SHG: a few textured patches, nothing else."""
 
 import pytest
 import torch
-from conftest import FAST_CONFIG, similarity
+from conftest import FAST_CONFIG, empty_core_pair, fibre_texture, similarity
 
 from fide import geometry
 from fide.config import FibreConfig, config_from_dict
 from fide.pipeline import register_pair
 from fide.prealign import fibres
+from fide.prealign.fibre_match import band_pass, collagen_patches
 from fide.preprocess.intensity import HE_STAINS
 
 SIZE = 200
@@ -27,48 +26,9 @@ SMALL = FibreConfig(
 TRUE_POSE = similarity(150.0, 1.1, SIZE, shift=(4.0, -6.0))
 
 
-def _texture(size: int, seed: int) -> torch.Tensor:
-    """(1, 1, H, W) fibre-like texture in [0, 1]: thresholded band-limited noise."""
-    noise = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(seed))
-    smooth = fibres.band_pass(noise, 1.5, 6.0)
-    return (smooth / smooth.std()).clamp(0, 3) / 3
-
-
 @pytest.fixture(scope="module")
 def sparse_pair():
-    """Fixed: the moving texture, seen only inside seven disks (an "empty core"); moving: texture everywhere.
-
-    Returns fixed (1, 1, H, W), moving (1, 1, H, W) and the true fixed-to-moving affine.
-    """
-    texture = _texture(SIZE, seed=4)
-    seen_from_fixed = geometry.warp(texture, geometry.affine_to_disp(TRUE_POSE[None], (SIZE, SIZE)))
-    grid = geometry.identity_grid((SIZE, SIZE))
-    disks = torch.zeros(SIZE, SIZE)
-    centres = [(70, 80), (120, 130), (80, 140), (135, 70), (100, 100), (55, 120), (145, 115)]
-    for (ci, cj), radius in zip(centres, [20, 18, 14, 13, 11, 10, 10]):
-        disks += ((grid[0] - ci) ** 2 + (grid[1] - cj) ** 2 < radius**2).float()
-    return seen_from_fixed * disks, texture, TRUE_POSE
-
-
-def test_similarity_grid_covers_the_circle_and_the_scales():
-    linear = fibres.similarity_grid(0.8, 1.2, angle_step_deg=10.0, scale_step=0.05)
-    scales = torch.linalg.det(linear).sqrt()
-    assert linear.shape[0] == 36 * 9  # 0.8 * 1.05^8 = 1.18 <= 1.2
-    assert torch.allclose(scales.min(), torch.tensor(0.8)) and float(scales.max()) <= 1.2
-    angles = torch.atan2(linear[:, 1, 0], linear[:, 0, 0]).remainder(2 * math.pi)
-    assert len(torch.unique(torch.round(torch.rad2deg(angles)))) == 36
-
-
-def test_collagen_patches_come_largest_first_and_wide_ones_are_cut():
-    grid = geometry.identity_grid((120, 120))
-    image = torch.zeros(1, 1, 120, 120)
-    for (ci, cj), radius in zip([(30, 30), (80, 80)], [10, 25]):
-        image[0, 0] += ((grid[0] - ci) ** 2 + (grid[1] - cj) ** 2 < radius**2).float()
-    patches = fibres.collagen_patches(image, count=5, smooth_px=1.0, max_radius=15.0)
-    assert len(patches) == 2
-    assert torch.allclose(patches[0].centre, torch.tensor([80.0, 80.0]), atol=0.5)
-    assert patches[0].radius <= 15.0 and float(patches[0].mask.sum()) < math.pi * 26**2
-    assert torch.allclose(patches[1].centre, torch.tensor([30.0, 30.0]), atol=0.5)
+    return (*empty_core_pair(SIZE, TRUE_POSE), TRUE_POSE)
 
 
 def test_fibre_search_finds_a_150_degree_turn_from_patches_alone(sparse_pair):
@@ -91,8 +51,8 @@ def test_texture_score_is_high_at_the_truth_only(sparse_pair):
 
 def test_refine_on_patches_removes_a_small_error(sparse_pair):
     fixed, moving, truth = sparse_pair
-    band = [fibres.band_pass(image, 1.0, 6.0) for image in (fixed, moving)]
-    patches = fibres.collagen_patches(fixed, 4, 3.0, 100.0)
+    band = [band_pass(image, 1.0, 6.0) for image in (fixed, moving)]
+    patches = collagen_patches(fixed, 4, 3.0, 100.0)
     start = truth @ similarity(1.0, 1.01, SIZE, shift=(1.0, -1.0))
     refined, score = fibres.refine_on_patches(*band, patches, start, iterations=60, learning_rate=0.1)
     points = torch.stack([patch.centre for patch in patches])  # the affine is only constrained where the patches are
@@ -102,26 +62,16 @@ def test_refine_on_patches_removes_a_small_error(sparse_pair):
     assert score > 0.9
 
 
-def test_locate_patches_finds_each_patch_near_a_rough_pose(sparse_pair):
-    fixed, moving, truth = sparse_pair
-    level = fibres._level(fixed, moving, SIZE, SMALL.band_px, 7, SMALL)
-    rough = truth @ similarity(2.0, 1.02, SIZE, shift=(3.0, -2.0))
-    centres, positions, peaks = fibres.locate_patches(level, rough, window_px=10)
-    assert len(centres) == len(level.patches) >= 5 and bool((peaks > 0.5).all())
-    error = positions - geometry.apply_affine_to_points(truth, centres)
-    assert float(error.norm(dim=1).max()) <= 1.5
-
-
 def test_an_unconfirmed_vote_gives_no_match(sparse_pair):
     """Patches of one texture against an unrelated texture: whatever wins the vote, the patches do not agree."""
     fixed, _, _ = sparse_pair
-    assert fibres.fibre_search(fixed, _texture(SIZE, seed=9), SMALL, scale_range=(0.9, 1.25)) is None
+    assert fibres.fibre_search(fixed, fibre_texture(SIZE, seed=9), SMALL, scale_range=(0.9, 1.25)) is None
 
 
 def test_fewer_than_two_patches_give_no_match():
     fixed = torch.zeros(1, 1, SIZE, SIZE)
-    fixed[0, 0, 90:110, 90:110] = _texture(20, seed=1)[0, 0] + 0.5
-    assert fibres.fibre_search(fixed, _texture(SIZE, seed=2), SMALL, scale_range=(0.9, 1.1)) is None
+    fixed[0, 0, 90:110, 90:110] = fibre_texture(20, seed=1)[0, 0] + 0.5
+    assert fibres.fibre_search(fixed, fibre_texture(SIZE, seed=2), SMALL, scale_range=(0.9, 1.1)) is None
 
 
 def test_fallback_in_register_pair_recovers_an_empty_core(sparse_pair):
@@ -135,6 +85,7 @@ def test_fallback_in_register_pair_recovers_an_empty_core(sparse_pair):
     values["fibres"] = {**SMALL.__dict__, "band_px": list(SMALL.band_px), "final_band_px": list(SMALL.final_band_px)}
     result = register_pair(shg, rgb, config_from_dict(values))
     assert "fibres" in result.stage_affines and "fibres" in result.seconds
+    assert len(result.notes) == 1 and result.notes[0].startswith("fibre fallback kept: texture NCC")
     points = torch.tensor([[60.0, 60.0], [140.0, 140.0], [100.0, 100.0]])
     error = geometry.map_points(points, result.disp) - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).max()) < 1.5

@@ -1,0 +1,252 @@
+"""Patch templates of a sparse SHG image matched against a bright-field texture, every translation by FFT.
+
+The building blocks of the fibre fallback (:mod:`fide.prealign.fibres`): band-passing, the SHG's collagen patches,
+the normalised cross-correlation of each patch template for a batch of linear maps, the vote of several patches for
+one pose, and each patch's own position near a pose. All on one grid, pixels, array order, fixed to moving.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import GaussianFilter
+from scipy import ndimage
+
+from fide import geometry
+
+__all__ = [
+    "Patch",
+    "band_pass",
+    "collagen_patches",
+    "similarity_grid",
+    "box_px",
+    "MovingSpectra",
+    "patch_consensus",
+    "locate_patches",
+]
+
+
+@dataclass
+class Patch:
+    """One SHG collagen patch: its band-passed template cut out by ``mask``, centred at ``centre``."""
+
+    mask: torch.Tensor  # (H, W) float 0/1
+    centre: torch.Tensor  # (2,) pixels, array order
+    radius: float  # largest distance of a mask pixel from the centre, pixels
+
+
+def band_pass(image: torch.Tensor, low_px: float, high_px: float) -> torch.Tensor:
+    """Difference of Gaussians of (1, 1, H, W): keeps structures between ``low_px`` and ``high_px`` wide."""
+    fine = GaussianFilter(spatial_dims=2, sigma=max(low_px, 0.3))(image.float())
+    return fine - GaussianFilter(spatial_dims=2, sigma=high_px)(image.float())
+
+
+def collagen_patches(
+    shg: torch.Tensor, count: int, smooth_px: float, max_radius: float, min_area: int = 50
+) -> list[Patch]:
+    """The ``count`` largest connected bright regions of an SHG intensity image (1, 1, H, W), largest first.
+
+    A region wider than ``max_radius`` is cut to the disk of that radius around its centre: a wide template costs
+    more and tolerates less rotation, and a disk of texture is already distinctive.
+    """
+    smooth = GaussianFilter(spatial_dims=2, sigma=smooth_px)(shg.float())[0, 0].cpu().numpy()
+    labels, n = ndimage.label(smooth > smooth.mean() + smooth.std())
+    if n == 0:
+        return []
+    areas = ndimage.sum_labels(np.ones_like(smooth), labels, np.arange(1, n + 1))
+    patches = []
+    for label in np.argsort(-areas)[:count] + 1:
+        if areas[label - 1] < min_area:
+            break
+        mask = torch.from_numpy(ndimage.binary_dilation(labels == label)).to(shg)
+        points = torch.nonzero(mask).float()
+        centre = points.mean(0)
+        if float((points - centre).norm(dim=1).max()) > max_radius:
+            distance = (geometry.identity_grid(mask.shape, like=mask) - centre.view(2, 1, 1)).norm(dim=0)
+            mask = mask * (distance <= max_radius)
+            points = torch.nonzero(mask).float()
+        patches.append(Patch(mask, centre, float((points - centre).norm(dim=1).max())))
+    return patches
+
+
+def similarity_grid(scale_min: float, scale_max: float, angle_step_deg: float, scale_step: float) -> torch.Tensor:
+    """(B, 2, 2) linear parts ``s R(angle)`` of every rotation (full circle) and log-spaced scale of a grid."""
+    angles = torch.arange(0.0, 360.0, angle_step_deg) * math.pi / 180
+    scales = torch.exp(torch.arange(math.log(scale_min), math.log(scale_max) + 1e-9, math.log1p(scale_step)))
+    angle, scale = (t.flatten() for t in torch.meshgrid(angles, scales, indexing="ij"))
+    return geometry.similarity_matrix(angle, scale, torch.zeros(2), torch.zeros(2))[:, :2, :2]
+
+
+def box_px(patches: list[Patch], linear: torch.Tensor) -> int:
+    """Side of a square holding every patch's template under every pose."""
+    return int(math.ceil(2 * max(p.radius for p in patches) * float(torch.linalg.matrix_norm(linear, 2).max()))) + 3
+
+
+def _smooth_fft_size(n: int) -> int:
+    while True:  # pocketfft is fastest on 2^a 3^b 5^c sizes
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+class MovingSpectra:
+    """FFTs of the band-passed moving image (and its square) on a canvas with room for templates of ``box`` px."""
+
+    def __init__(self, moving_band: torch.Tensor, box: int) -> None:
+        size = moving_band.shape[-2:]
+        self.size, self.box = tuple(size), box
+        self.canvas = (_smooth_fft_size(size[0] + box), _smooth_fft_size(size[1] + box))
+        # the image sits box // 2 in from the canvas corner, so correlation index = template centre position
+        half = box // 2
+        self.moving = F.pad(
+            moving_band[0, 0], (half, self.canvas[1] - size[1] - half, half, self.canvas[0] - size[0] - half)
+        )
+        self.image, self._energy = torch.fft.rfft2(self.moving), torch.fft.rfft2(self.moving**2)
+        squared = moving_band[0, 0] ** 2
+        # background (band-passed white) has no energy: a floor keeps templates there from scoring by division
+        self._floor = 0.5 * float(squared[squared > 1e-8].mean()) if bool((squared > 1e-8).any()) else 1e-6
+        self.offsets = geometry.identity_grid((box, box), like=self.moving) - half  # (2, box, box): u = q - centre
+        self._rms: dict[float, torch.Tensor] = {}
+
+    def fits(self, size: Sequence[int], box: int) -> bool:
+        """Whether templates of ``box`` px against a moving image of ``size`` can use these FFTs."""
+        return self.size == tuple(size) and box <= self.box
+
+    def local_rms(self, radius: float) -> torch.Tensor:
+        """RMS of the moving image under a disk of ``radius`` whose box starts at each canvas pixel; memoised.
+
+        A disk of the template's area stands in for its rotated mask: one map per template size, not per pose.
+        """
+        if radius not in self._rms:
+            disk = ((self.offsets**2).sum(0) <= radius * radius).float()
+            spectrum = torch.fft.rfft2(disk, s=self.canvas).conj() * self._energy
+            local = torch.fft.irfft2(spectrum, s=self.canvas) / disk.sum()
+            self._rms[radius] = local.clamp(min=self._floor).sqrt()
+        return self._rms[radius]
+
+
+def _patch_ncc(fixed_band: torch.Tensor, patch: Patch, linear: torch.Tensor, spectra: MovingSpectra) -> torch.Tensor:
+    """(B, Hm, Wm) NCC of one patch under B linear maps, indexed by the moving position of the patch centre."""
+    size = spectra.size
+    # template of each pose in the moving frame, on the spectra's box: T(u) = fixed(centre + L^-1 u)
+    inverse = torch.linalg.inv(linear)
+    points = patch.centre.view(1, 2, 1, 1) + torch.einsum("bij,jhw->bihw", inverse, spectra.offsets)
+    grid = geometry.pixel_to_normalised(points.permute(0, 2, 3, 1), fixed_band.shape[-2:])
+    pair = torch.stack([fixed_band[0, 0], patch.mask])[None].expand(len(linear), -1, -1, -1)
+    sampled = F.grid_sample(pair, grid, align_corners=True, padding_mode="zeros")
+    template, mask = sampled[:, 0], (sampled[:, 1] > 0.5).float()
+    count = mask.sum((1, 2), keepdim=True).clamp(min=1)
+    template = (template - (template * mask).sum((1, 2), keepdim=True) / count) * mask
+    template = template / template.norm(dim=(1, 2), keepdim=True).clamp(min=1e-8)
+    spectrum = torch.fft.rfft2(template, s=spectra.canvas).conj() * spectra.image
+    ncc = torch.fft.irfft2(spectrum, s=spectra.canvas)[:, : size[0], : size[1]] / count.sqrt()
+    radius = torch.round(torch.sqrt(count[:, 0, 0] / math.pi))
+    for r in torch.unique(radius).tolist():
+        ncc[radius == r] /= spectra.local_rms(r)[: size[0], : size[1]]
+    return ncc
+
+
+def patch_consensus(
+    fixed_band: torch.Tensor,
+    moving_band: torch.Tensor,
+    patches: list[Patch],
+    linear: torch.Tensor,
+    pool_px: int,
+    spectra: MovingSpectra | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over patches of their normalised cross-correlation, for every translation of every pose.
+
+    Args:
+        fixed_band: (1, 1, H, W) band-passed SHG.
+        moving_band: (1, 1, Hm, Wm) band-passed eosin at the same pixel size as ``fixed_band``.
+        patches: templates of the fixed image.
+        linear: (B, 2, 2) linear parts of the poses, fixed to moving.
+        pool_px: each patch's correlation is max-pooled over this radius before the vote, so that patches far from
+            the reference point still agree despite the pose grid's step.
+        spectra: the moving image's FFTs from an earlier call on the same image (rebuilt when None or too small).
+
+    Returns:
+        (B, Hm, Wm) consensus in [-1, 1] indexed by the moving position of the reference point (the area-weighted
+        centre of the patches), and that reference point (2,) in the fixed image.
+    """
+    size = moving_band.shape[-2:]
+    areas = torch.stack([p.mask.sum() for p in patches])
+    reference = (torch.stack([p.centre for p in patches]) * areas[:, None]).sum(0) / areas.sum()
+    box = box_px(patches, linear)
+    spectra = spectra if spectra is not None and spectra.fits(size, box) else MovingSpectra(moving_band, box)
+    votes = torch.zeros(len(linear), *size, device=moving_band.device)
+    for patch in patches:
+        ncc = _dilate(_patch_ncc(fixed_band, patch, linear, spectra), pool_px)
+        # the patch centre sits at reference' + L (centre - reference): read each vote at that spot (nearest pixel)
+        shifts = torch.round(torch.einsum("bij,j->bi", linear, patch.centre - reference)).long().tolist()
+        for b, (di, dj) in enumerate(shifts):
+            _add_shifted(votes[b], ncc[b], di, dj)
+    return votes / len(patches), reference
+
+
+def locate_patches(
+    fixed_band: torch.Tensor,
+    moving_band: torch.Tensor,
+    patches: list[Patch],
+    affine: torch.Tensor,
+    window_px: int,
+    min_ncc: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each patch's own best position near where ``affine`` puts it (its linear part orients the templates).
+
+    Args:
+        fixed_band, moving_band: as in :func:`patch_consensus`.
+        patches: templates of the fixed image.
+        affine: (3, 3) rough pose, fixed to moving, on these grids.
+        window_px: each patch searches this far (Chebyshev distance) from where ``affine`` puts its centre.
+        min_ncc: patches peaking lower are left out.
+
+    Returns:
+        Fixed centres (P, 2), their moving positions (P, 2) and peak NCCs (P,) of the patches kept.
+    """
+    linear = affine[:2, :2][None]
+    spectra = MovingSpectra(moving_band, box_px(patches, linear))
+    grid = geometry.identity_grid(spectra.size, like=moving_band)
+    centres, positions, peaks = [], [], []
+    for patch in patches:
+        ncc = _patch_ncc(fixed_band, patch, linear, spectra)[0]
+        predicted = affine[:2, :2] @ patch.centre + affine[:2, 2]
+        near = (grid - predicted.view(2, 1, 1)).abs().amax(0) <= window_px
+        value, index = torch.where(near, ncc, torch.full_like(ncc, -2.0)).flatten().max(0)
+        if float(value) > min_ncc:
+            centres.append(patch.centre)
+            positions.append(torch.stack([index // ncc.shape[1], index % ncc.shape[1]]).float())
+            peaks.append(value)
+    if not centres:
+        return torch.zeros(0, 2), torch.zeros(0, 2), torch.zeros(0)
+    return torch.stack(centres), torch.stack(positions), torch.stack(peaks)
+
+
+def _dilate(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grey-level dilation of (B, H, W) by a (2r+1)^2 square, separably (torch's max_pool2d is slow on CPU)."""
+    for dim in (1, 2):
+        padded = F.pad(image, (radius, radius, 0, 0) if dim == 2 else (0, 0, radius, radius), value=-1.0)
+        length = image.shape[dim]
+        image = padded.narrow(dim, 0, length).clone()
+        for k in range(1, 2 * radius + 1):
+            torch.maximum(image, padded.narrow(dim, k, length), out=image)
+    return image
+
+
+def _add_shifted(target: torch.Tensor, source: torch.Tensor, di: int, dj: int) -> None:
+    """``target[q] += source[q + (di, dj)]`` where that lies inside ``source``; both (H, W)."""
+    h, w = target.shape
+    if abs(di) >= h or abs(dj) >= w:
+        return
+    target[max(0, -di) : h - max(0, di), max(0, -dj) : w - max(0, dj)] += source[
+        max(0, di) : h - max(0, -di), max(0, dj) : w - max(0, -dj)
+    ]

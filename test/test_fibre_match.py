@@ -1,0 +1,63 @@
+"""Patch templates against a texture (fide/prealign/fibre_match.py): grids, patches, votes, per-patch positions."""
+
+import math
+
+import pytest
+import torch
+from conftest import empty_core_pair, similarity
+
+from fide import geometry
+from fide.prealign import fibre_match
+
+SIZE = 200
+TRUE_POSE = similarity(150.0, 1.1, SIZE, shift=(4.0, -6.0))
+
+
+@pytest.fixture(scope="module")
+def bands():
+    """Band-passed fixed and moving images of the empty-core pair, and its patches."""
+    fixed, moving = empty_core_pair(SIZE, TRUE_POSE)
+    fixed_band, moving_band = (fibre_match.band_pass(image, 1.4, 7.0) for image in (fixed, moving))
+    return fixed_band, moving_band, fibre_match.collagen_patches(fixed, 7, 3.0, 100.0)
+
+
+def test_similarity_grid_covers_the_circle_and_the_scales():
+    linear = fibre_match.similarity_grid(0.8, 1.2, angle_step_deg=10.0, scale_step=0.05)
+    scales = torch.linalg.det(linear).sqrt()
+    assert linear.shape[0] == 36 * 9  # 0.8 * 1.05^8 = 1.18 <= 1.2
+    assert torch.allclose(scales.min(), torch.tensor(0.8)) and float(scales.max()) <= 1.2
+    angles = torch.atan2(linear[:, 1, 0], linear[:, 0, 0]).remainder(2 * math.pi)
+    assert len(torch.unique(torch.round(torch.rad2deg(angles)))) == 36
+
+
+def test_collagen_patches_come_largest_first_and_wide_ones_are_cut():
+    grid = geometry.identity_grid((120, 120))
+    image = torch.zeros(1, 1, 120, 120)
+    for (ci, cj), radius in zip([(30, 30), (80, 80)], [10, 25]):
+        image[0, 0] += ((grid[0] - ci) ** 2 + (grid[1] - cj) ** 2 < radius**2).float()
+    patches = fibre_match.collagen_patches(image, count=5, smooth_px=1.0, max_radius=15.0)
+    assert len(patches) == 2
+    assert torch.allclose(patches[0].centre, torch.tensor([80.0, 80.0]), atol=0.5)
+    assert patches[0].radius <= 15.0 and float(patches[0].mask.sum()) < math.pi * 26**2
+    assert torch.allclose(patches[1].centre, torch.tensor([30.0, 30.0]), atol=0.5)
+
+
+def test_patches_vote_for_the_true_pose_at_its_position(bands):
+    fixed_band, moving_band, patches = bands
+    wrong = similarity(90.0, 1.1, SIZE)[:2, :2]
+    linear = torch.stack([TRUE_POSE[:2, :2], wrong])
+    votes, reference = fibre_match.patch_consensus(fixed_band, moving_band, patches, linear, pool_px=1)
+    expected = geometry.apply_affine_to_points(TRUE_POSE, reference[None])[0]
+    best = int(votes[0].argmax())
+    found = torch.tensor([best // votes.shape[-1], best % votes.shape[-1]], dtype=torch.float32)
+    assert float((found - expected).norm()) <= 1.5
+    assert float(votes[0].max()) > max(0.6, 1.5 * float(votes[1].max()))
+
+
+def test_locate_patches_finds_each_patch_near_a_rough_pose(bands):
+    fixed_band, moving_band, patches = bands
+    rough = TRUE_POSE @ similarity(2.0, 1.02, SIZE, shift=(3.0, -2.0))
+    centres, positions, peaks = fibre_match.locate_patches(fixed_band, moving_band, patches, rough, window_px=10)
+    assert len(centres) == len(patches) >= 5 and bool((peaks > 0.5).all())
+    error = positions - geometry.apply_affine_to_points(TRUE_POSE, centres)
+    assert float(error.norm(dim=1).max()) <= 1.5
