@@ -217,7 +217,7 @@ def _fibre_fallback(
     NMI and a one-line note of what happened.
     """
     fixed, moving = inputs.fixed.intensity, inputs.moving.intensity
-    match = fibre_search(fixed, moving, cfg.fibres, (cfg.search.scale_min, cfg.search.scale_max))
+    match = fibre_search(fixed, moving, cfg.fibres, (cfg.search.scale_min, cfg.search.scale_max), cfg.seed)
     if match is None:
         return affine, quality, "fibre fallback: no confirmed match"
     current = texture_score(fixed, moving, affine, cfg.fibres)

@@ -114,14 +114,14 @@ def refine_on_patches(
     """
     # only the patches' pixels matter: sample them alone instead of warping whole images
     points = torch.cat([torch.nonzero(p.mask > 0.5).float() for p in patches])  # (N, 2)
-    ids = torch.cat([torch.full((int((p.mask > 0.5).sum()),), k) for k, p in enumerate(patches)])
+    ids = torch.cat([torch.full((int((p.mask > 0.5).sum()),), k, device=points.device) for k, p in enumerate(patches)])
     counts = torch.bincount(ids, minlength=len(patches)).to(points)
 
     def centred(values: torch.Tensor) -> torch.Tensor:  # zero mean, unit norm within each patch
-        sums = torch.zeros(len(patches), dtype=values.dtype).index_add(0, ids, values)
+        sums = values.new_zeros(len(patches)).index_add(0, ids, values)
         values = values - (sums / counts)[ids]
         # +eps inside the root: a patch mapped onto blank background has zero energy and sqrt'(0) is infinite
-        norms = (torch.zeros(len(patches), dtype=values.dtype).index_add(0, ids, values**2) + 1e-12).sqrt()
+        norms = (values.new_zeros(len(patches)).index_add(0, ids, values**2) + 1e-12).sqrt()
         return values / norms[ids]
 
     fixed_values = centred(geometry.sample_at(fixed_band, points)[:, 0])
@@ -129,14 +129,14 @@ def refine_on_patches(
     # the image origin a small turn would also be a large shift, and Adam would crawl along that coupling
     centroid = points.mean(0)
     reach = float((points - centroid).norm(dim=1).max().clamp(min=1.0))
-    local = torch.cat([(points - centroid) / reach, torch.ones(len(points), 1)], 1)
-    delta = torch.zeros(2, 3, requires_grad=True)
+    local = torch.cat([(points - centroid) / reach, points.new_ones(len(points), 1)], 1)
+    delta = points.new_zeros(2, 3).requires_grad_(True)
     optimiser = torch.optim.Adam([delta], lr=learning_rate)
     best, best_score = affine, -2.0
     for _ in range(iterations + 1):
         mapped = points @ affine[:2, :2].T + affine[:2, 2] + local @ delta.T
         moving_values = centred(geometry.sample_at(moving_band, mapped, padding_mode="zeros")[:, 0])
-        score = torch.zeros(len(patches)).index_add(0, ids, fixed_values * moving_values).mean()
+        score = fixed_values.new_zeros(len(patches)).index_add(0, ids, fixed_values * moving_values).mean()
         if float(score.detach()) > best_score:
             best_score = float(score.detach())
             best = affine.clone()
@@ -169,7 +169,7 @@ def texture_score(fixed: torch.Tensor, moving: torch.Tensor, affine: torch.Tenso
 
 
 def fibre_search(
-    fixed: torch.Tensor, moving: torch.Tensor, cfg: FibreConfig, scale_range: tuple[float, float]
+    fixed: torch.Tensor, moving: torch.Tensor, cfg: FibreConfig, scale_range: tuple[float, float], seed: int = 0
 ) -> FibreMatch | None:
     """The similarity on which the largest SHG collagen patches agree, confirmed and made affine by every patch.
 
@@ -178,6 +178,7 @@ def fibre_search(
         moving: (1, 1, Hm, Wm) eosin intensity, full resolution.
         cfg: grid steps, sizes and bands.
         scale_range: (min, max) isotropic scales searched, moving pixels per fixed pixel.
+        seed: seed of RANSAC's samples.
 
     Returns:
         The match, or None when the SHG has fewer than two patches (nothing to agree on) or too few patches confirm
@@ -198,8 +199,9 @@ def fibre_search(
         centres, positions, _ = locate_patches(
             fine.fixed_band, fine.moving_band, fine.patches, fine.down(affine), window_px
         )
+        threshold_px = cfg.ransac_threshold_px * length
         fitted, inliers = ransac_affine(
-            centres, positions, threshold_px=cfg.ransac_threshold_px * length, iterations=cfg.ransac_iterations, seed=0
+            centres, positions, threshold_px=threshold_px, iterations=cfg.ransac_iterations, seed=seed
         )
         if int(inliers.sum()) < cfg.min_inliers:
             return None
