@@ -22,7 +22,7 @@ from fide.features import ModalityEncoders, kmeans_labels, learned_features, min
 from fide.optimise.deformable import optimise_deformable
 from fide.optimise.instance import WorkingPair, label_nmi, make_working_pair, optimise_affine
 from fide.optimise.losses import LabelNMILoss
-from fide.prealign.fibres import fibre_search, texture_score
+from fide.prealign.fibres import fibre_search
 from fide.prealign.prealign import prealign_affine
 from fide.prealign.search import search_similarity
 from fide.preprocess import PreparedImage, prepare_pair
@@ -217,12 +217,12 @@ def _fibre_fallback(
     NMI and a one-line note of what happened.
     """
     fixed, moving = inputs.fixed.intensity, inputs.moving.intensity
-    match = fibre_search(fixed, moving, cfg.fibres, (cfg.search.scale_min, cfg.search.scale_max), cfg.seed)
+    scales = (cfg.search.scale_min, cfg.search.scale_max)
+    match = fibre_search(fixed, moving, cfg.fibres, scales, cfg.seed, current=affine)
     if match is None:
         return affine, quality, "fibre fallback: no confirmed match"
-    current = texture_score(fixed, moving, affine, cfg.fibres)
-    scores = f"texture NCC {match.texture_score:.3f} vs {current:.3f}"
-    if match.texture_score > max(cfg.fibres.accept_ratio * current, 0.0):
+    scores = f"texture NCC {match.texture_score:.3f} vs {match.current_score:.3f}"
+    if match.texture_score > max(cfg.fibres.accept_ratio * match.current_score, 0.0):
         return match.affine, inputs.quality(match.affine), f"fibre fallback kept: {scores}"
     return affine, quality, f"fibre fallback not kept: {scores}"
 

@@ -33,8 +33,10 @@ def sparse_pair():
 
 def test_fibre_search_finds_a_150_degree_turn_from_patches_alone(sparse_pair):
     fixed, moving, truth = sparse_pair
-    match = fibres.fibre_search(fixed, moving, SMALL, scale_range=(0.9, 1.25))
+    off = truth @ similarity(8.0, 1.0, SIZE)
+    match = fibres.fibre_search(fixed, moving, SMALL, scale_range=(0.9, 1.25), current=off)
     assert match is not None
+    assert match.current_score == fibres.texture_score(fixed, moving, off, SMALL)  # scored on the same level
     points = torch.tensor([[40.0, 40.0], [160.0, 60.0], [100.0, 100.0], [60.0, 160.0], [150.0, 150.0]])
     error = geometry.apply_affine_to_points(match.affine, points) - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).max()) < 1.0, match.affine

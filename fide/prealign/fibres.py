@@ -50,6 +50,7 @@ class _Level:
     moving_band: torch.Tensor
     patches: list[Patch]
     to_level: tuple[tuple[float, float], tuple[float, float]]
+    length: float  # pixels of this grid per pixel of an 834 px image: FibreConfig lengths times this
 
     def down(self, affine: torch.Tensor) -> torch.Tensor:
         return geometry.rescale_affine(affine, *self.to_level)
@@ -75,6 +76,7 @@ def _level(
             geometry.scale_factors(fixed.shape[-2:], fixed_shape),
             geometry.scale_factors(moving.shape[-2:], moving_shape),
         ),
+        length,
     )
 
 
@@ -158,18 +160,31 @@ class FibreMatch:
     texture_score: float  # the patches' mean NCC under ``affine`` at full resolution (see :func:`texture_score`)
     grid_score: float  # the exhaustive grid's best consensus
     runner_up: float  # the grid's best consensus at a pose far from the winner
+    current_score: float  # texture score of the ``current`` affine given to the search (nan when none was)
 
 
 def texture_score(fixed: torch.Tensor, moving: torch.Tensor, affine: torch.Tensor, cfg: FibreConfig) -> float:
     """Mean NCC of the band-passed SHG patches and the eosin under a full-resolution affine (1 = identical)."""
-    level = _level(fixed, moving, max(fixed.shape[-2:]), cfg.final_band_px, cfg.refine_patches, cfg)
+    return _score(_final_level(fixed, moving, cfg), affine)
+
+
+def _final_level(fixed: torch.Tensor, moving: torch.Tensor, cfg: FibreConfig) -> _Level:
+    return _level(fixed, moving, max(fixed.shape[-2:]), cfg.final_band_px, cfg.refine_patches, cfg)
+
+
+def _score(level: _Level, affine: torch.Tensor) -> float:
     if not level.patches:
         return 0.0
     return refine_on_patches(level.fixed_band, level.moving_band, level.patches, level.down(affine), 0, 0.0)[1]
 
 
 def fibre_search(
-    fixed: torch.Tensor, moving: torch.Tensor, cfg: FibreConfig, scale_range: tuple[float, float], seed: int = 0
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    cfg: FibreConfig,
+    scale_range: tuple[float, float],
+    seed: int = 0,
+    current: torch.Tensor | None = None,
 ) -> FibreMatch | None:
     """The similarity on which the largest SHG collagen patches agree, confirmed and made affine by every patch.
 
@@ -179,6 +194,8 @@ def fibre_search(
         cfg: grid steps, sizes and bands.
         scale_range: (min, max) isotropic scales searched, moving pixels per fixed pixel.
         seed: seed of RANSAC's samples.
+        current: (3, 3) full-resolution affine to compare with: its :func:`texture_score` comes with the match,
+            taken on the same full-resolution level.
 
     Returns:
         The match, or None when the SHG has fewer than two patches (nothing to agree on) or too few patches confirm
@@ -193,13 +210,12 @@ def fibre_search(
     # every patch finds its own position near the voted pose; an affine through the consistent ones (RANSAC) adds
     # the shear and anisotropy a similarity lacks. Fewer than min_inliers agreeing: the vote was not confirmed.
     fine = _level(fixed, moving, cfg.refine_size_px, cfg.band_px, cfg.refine_patches, cfg)
-    length = max(fine.fixed_band.shape[-2:]) / REFERENCE_SIDE
     for window in (cfg.locate_window_px, cfg.locate_window_px / 3):
-        window_px = max(2, round(window * length))
+        window_px = max(2, round(window * fine.length))
         centres, positions, _ = locate_patches(
             fine.fixed_band, fine.moving_band, fine.patches, fine.down(affine), window_px
         )
-        threshold_px = cfg.ransac_threshold_px * length
+        threshold_px = cfg.ransac_threshold_px * fine.length
         fitted, inliers = ransac_affine(
             centres, positions, threshold_px=threshold_px, iterations=cfg.ransac_iterations, seed=seed
         )
@@ -208,8 +224,8 @@ def fibre_search(
         affine = fine.up(fitted)
     # continuous fits on the texture: at the fine level, then the finest texture at full resolution
     score = 0.0
-    for size_px, band in ((cfg.refine_size_px, cfg.band_px), (max(fixed.shape[-2:]), cfg.final_band_px)):
-        level = _level(fixed, moving, size_px, band, cfg.refine_patches, cfg)
+    final = _final_level(fixed, moving, cfg)
+    for level in (fine, final):
         fitted, score = refine_on_patches(
             level.fixed_band,
             level.moving_band,
@@ -219,4 +235,5 @@ def fibre_search(
             cfg.refine_learning_rate,
         )
         affine = level.up(fitted)
-    return FibreMatch(affine, score, grid_score, runner_up)
+    current_score = _score(final, current) if current is not None else float("nan")
+    return FibreMatch(affine, score, grid_score, runner_up, current_score)
