@@ -19,6 +19,7 @@ import torch
 from baselines import ELASTIX_MAPS, elastix_available, elastix_disp, grey_channel, simpleitk_affine_disp
 from tqdm import tqdm
 
+from fide.cli._common import seed_everything
 from fide.config import FideConfig
 from fide.features.select import resolve_encoders
 from fide.io import Pair, read_image, write_disp
@@ -71,6 +72,7 @@ def _fide_runner(
         cfg.deformable.enabled = deformable
         if method == "fide":
             logger.info("fide config: stages=%s, encoder.features=%s", cfg.stages, cfg.encoder.features)
+        seed_everything(cfg.seed)  # as `fide register` does
         device = torch.device(options.device)
         encoders = resolve_encoders(cfg.encoder, device)  # None = handcrafted MIND-SSC
         return register_pairs(pairs, out, cfg, method=method, device=device, encoders=encoders)

@@ -64,8 +64,8 @@ def _centroid(mask: torch.Tensor) -> torch.Tensor:
     """Centre of mass of a (1, 1, H, W) mask (the image centre when empty), pixels, array order."""
     weights = mask[0, 0].float()
     if float(weights.sum()) < 1:
-        return torch.tensor([(n - 1) / 2 for n in mask.shape[-2:]])
-    grid = geometry.identity_grid(mask.shape[-2:])
+        return weights.new_tensor([(n - 1) / 2 for n in mask.shape[-2:]])
+    grid = geometry.identity_grid(mask.shape[-2:], like=weights)
     return (grid * weights).sum((1, 2)) / weights.sum()
 
 

@@ -76,7 +76,10 @@ def test_fewer_than_two_patches_give_no_match():
     assert fibres.fibre_search(fixed, fibre_texture(SIZE, seed=2), SMALL, scale_range=(0.9, 1.1)) is None
 
 
-def test_fallback_in_register_pair_recovers_an_empty_core(sparse_pair):
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+)
+def test_fallback_in_register_pair_recovers_an_empty_core(sparse_pair, device):
     """End to end: SHG of patches only, bright field from the same texture as eosin; the fallback is forced."""
     fixed, moving, truth = sparse_pair
     eosin = HE_STAINS[1] / HE_STAINS[1].norm()
@@ -85,9 +88,10 @@ def test_fallback_in_register_pair_recovers_an_empty_core(sparse_pair):
     shg = 1 + 120 * fixed[0]
     values = {**FAST_CONFIG, "optimise": {**FAST_CONFIG["optimise"], "quality_flag_below": 1.0}}
     values["fibres"] = {**SMALL.__dict__, "band_px": list(SMALL.band_px), "final_band_px": list(SMALL.final_band_px)}
-    result = register_pair(shg, rgb, config_from_dict(values))
+    result = register_pair(shg, rgb, config_from_dict(values), device=device)
+    assert result.disp.device.type == device
     assert "fibres" in result.stage_affines and "fibres" in result.seconds
     assert len(result.notes) == 1 and result.notes[0].startswith("fibre fallback kept: texture NCC")
     points = torch.tensor([[60.0, 60.0], [140.0, 140.0], [100.0, 100.0]])
-    error = geometry.map_points(points, result.disp) - geometry.apply_affine_to_points(truth, points)
+    error = geometry.map_points(points, result.disp.cpu()) - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).max()) < 1.5

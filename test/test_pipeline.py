@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from conftest import blob_pair, move, similarity
+from conftest import FAST_CONFIG, blob_pair, move, similarity
+from fake_cuda import FakeCuda, is_fake_cuda, without_gpu
 
 from fide import geometry
+from fide.cli._common import seed_everything
 from fide.cli.evaluate import evaluate_folder
-from fide.config import FideConfig
+from fide.config import FideConfig, config_from_dict
 from fide.features.encoders import ModalityEncoders
 from fide.io import load_dataset, read_image, read_landmark_pair
 from fide.pipeline import register_pair
@@ -32,6 +34,41 @@ def test_register_brings_every_pair_under_two_pixels(task, tmp_path):
         fixed, moving = read_landmark_pair(*pair.landmarks())
         zero.append(float(np.linalg.norm(fixed - moving, axis=1).mean()))
     assert len(tre) == 3 and max(tre) < 2.0, f"TRE per pair {tre} (unregistered: {zero})"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_field_is_repeatable_and_matches_the_cpu_field(task):
+    """Same input and seed, same field on the same device; CUDA and CPU differ only by float rounding's effects."""
+    pair = load_dataset(task).split("val")[0]
+    fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+    seed_everything(0)  # what every command does: repeatable CUDA kernels
+    cpu = register_pair(fixed, moving, FideConfig(), device="cpu").disp
+    first, second = (register_pair(fixed, moving, FideConfig(), device="cuda").disp for _ in range(2))
+    assert first.is_cuda and torch.equal(first, second)
+    assert float((first.cpu() - cpu).abs().max()) < 0.5
+
+
+@without_gpu
+@pytest.mark.parametrize("learned", [False, True])
+def test_every_stage_keeps_its_tensors_on_the_requested_device(task, learned):
+    """CI has no GPU: under a CPU stand-in for CUDA, a CPU tensor meeting a CUDA one raises as on a GPU.
+
+    Every stage runs: search, pre-alignment, affine, the fibre fallback (forced) and the deformable residual. The
+    numbers are computed on the CPU either way, so the field must equal a plain CPU run bit for bit.
+    """
+    pair = load_dataset(task).split("val")[1]
+    fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+    values = {**FAST_CONFIG, "optimise": {**FAST_CONFIG["optimise"], "quality_flag_below": 1.0}}
+    values["deformable"] = {"enabled": True, "iterations": 3}
+    values["encoder"] = {"features": "learned" if learned else "handcrafted"}
+    cfg = config_from_dict(values)
+    encoders = ModalityEncoders(1, (4, 4, 8, 8, 8, 4), 96).eval() if learned else None
+    plain = register_pair(fixed, moving, cfg, encoders=encoders)
+    with FakeCuda():
+        on_cuda = register_pair(fixed, moving, cfg, device="cuda", encoders=encoders and encoders.to("cuda"))
+        assert is_fake_cuda(on_cuda.disp) and is_fake_cuda(on_cuda.affine)
+    assert {"fibres", "affine"} <= set(on_cuda.stage_affines) and on_cuda.notes == plain.notes
+    assert torch.equal(on_cuda.disp, plain.disp)
 
 
 def test_stage_prefix_and_timings(task):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from fake_cuda import FakeCuda, without_gpu
 
 from fide.config import EncoderConfig, TrainConfig
 from fide.features.encoders import load_checkpoint, load_encoders
@@ -184,6 +185,16 @@ def test_train_max_steps_resume_and_checkpoints(task: Path, tmp_path: Path) -> N
     assert best["validation"] == "val_bnce" and best["step"] in (2, 3, 4)
     encoders = load_encoders(out)
     assert encoders.hparams["size_px"] == _TINY.size_px
+
+
+@without_gpu
+def test_training_keeps_every_tensor_on_the_requested_device(task: Path, tmp_path: Path) -> None:
+    """Under the CPU stand-in for CUDA (CI has no GPU) a device mix-up raises; the numbers match a CPU run."""
+    cfg = TrainConfig(max_steps=2, num_patches=8, patch_px=32, validation="bnce", seed=1)
+    plain = train(task, tmp_path / "cpu.pt", cfg, _TINY, progress=False)
+    with FakeCuda():
+        on_cuda = train(task, tmp_path / "cuda.pt", cfg, _TINY, device="cuda", progress=False)
+    assert on_cuda.steps == 2 and on_cuda.history == plain.history
 
 
 def test_custom_validator_and_single_process_ddp(task: Path, tmp_path: Path, monkeypatch) -> None:

@@ -70,8 +70,9 @@ def kmeans_labels(
     centroids = _init_centroids(samples, k, generator)
     for _ in range(iterations):
         assign = torch.cdist(samples, centroids).argmin(dim=1)
-        counts = torch.bincount(assign, minlength=k).to(samples.dtype)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, samples)
+        member = F.one_hot(assign, k).T.to(samples.dtype)  # (k, N); index_add's CUDA atomics vary run to run
+        counts = member.sum(1)
+        sums = member @ samples
         centroids = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centroids)
     rank = _chain_order(centroids.cpu()).to(image.device)
     labels = torch.cat([torch.cdist(chunk, centroids).argmin(dim=1) for chunk in pixels.split(262_144)])

@@ -50,7 +50,7 @@ def optimise_deformable(
     affine_disp = geometry.affine_to_disp(level_affine.to(pair.fixed_features), pair.shape)
     full_affine_disp = geometry.affine_to_disp(affine[None].to(pair.fixed_features), fixed_shape)
     grid_shape = tuple(max(2, n // cfg.grid_spacing_px) for n in pair.shape)
-    control = torch.zeros(1, 2, *grid_shape, dtype=pair.fixed_features.dtype, requires_grad=True)
+    control = pair.fixed_features.new_zeros(1, 2, *grid_shape).requires_grad_()
     optimiser = torch.optim.Adam([control], lr=cfg.learning_rate)
     regulariser = DiffusionLoss(normalize=False)
     nmi = LabelNMILoss(cfg.num_labels)

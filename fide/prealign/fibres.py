@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from fide import geometry
 from fide.config import FibreConfig
@@ -117,13 +118,15 @@ def refine_on_patches(
     # only the patches' pixels matter: sample them alone instead of warping whole images
     points = torch.cat([torch.nonzero(p.mask > 0.5).float() for p in patches])  # (N, 2)
     ids = torch.cat([torch.full((int((p.mask > 0.5).sum()),), k, device=points.device) for k, p in enumerate(patches)])
-    counts = torch.bincount(ids, minlength=len(patches)).to(points)
+    # per-patch sums as a product with the (K, N) membership matrix: index_add adds with atomics on CUDA, in an
+    # order that changes from run to run, and the same input must give the same field
+    member = F.one_hot(ids, len(patches)).T.to(points)
+    counts = member.sum(1)
 
     def centred(values: torch.Tensor) -> torch.Tensor:  # zero mean, unit norm within each patch
-        sums = values.new_zeros(len(patches)).index_add(0, ids, values)
-        values = values - (sums / counts)[ids]
+        values = values - (member @ values / counts)[ids]
         # +eps inside the root: a patch mapped onto blank background has zero energy and sqrt'(0) is infinite
-        norms = (values.new_zeros(len(patches)).index_add(0, ids, values**2) + 1e-12).sqrt()
+        norms = (member @ values**2 + 1e-12).sqrt()
         return values / norms[ids]
 
     fixed_values = centred(geometry.sample_at(fixed_band, points)[:, 0])
@@ -138,7 +141,7 @@ def refine_on_patches(
     for _ in range(iterations + 1):
         mapped = points @ affine[:2, :2].T + affine[:2, 2] + local @ delta.T
         moving_values = centred(geometry.sample_at(moving_band, mapped, padding_mode="zeros")[:, 0])
-        score = fixed_values.new_zeros(len(patches)).index_add(0, ids, fixed_values * moving_values).mean()
+        score = (member @ (fixed_values * moving_values)).mean()
         if float(score.detach()) > best_score:
             best_score = float(score.detach())
             best = affine.clone()

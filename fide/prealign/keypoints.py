@@ -52,7 +52,7 @@ def describe(features: torch.Tensor, points: torch.Tensor, radius: int = 2, spac
     Returns:
         (N, D * (2r+1)^2) unit vectors.
     """
-    steps = torch.arange(-radius, radius + 1, dtype=points.dtype) * spacing
+    steps = torch.arange(-radius, radius + 1, dtype=points.dtype, device=points.device) * spacing
     offsets = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1).view(-1, 2)  # (P, 2)
     samples = geometry.sample_at(features, (points[:, None] + offsets[None]).reshape(-1, 2))  # (N*P, D)
     desc = samples.reshape(len(points), features.shape[1] * len(offsets))  # explicit: N may be 0
@@ -76,13 +76,13 @@ def match_mutual(
         (M,) indices into the fixed points and (M,) into the moving points.
     """
     if len(fixed_points) == 0 or len(moving_points) == 0:
-        empty = torch.zeros(0, dtype=torch.long)
+        empty = torch.zeros(0, dtype=torch.long, device=fixed_points.device)
         return empty, empty
     similarity = fixed_desc @ moving_desc.T
     near = torch.cdist(fixed_points, moving_points) <= radius_px
     similarity = torch.where(near, similarity, torch.full_like(similarity, -2.0))
     best_moving = similarity.argmax(dim=1)
     best_fixed = similarity.argmax(dim=0)
-    fixed_index = torch.arange(len(fixed_points))
+    fixed_index = torch.arange(len(fixed_points), device=fixed_points.device)
     mutual = (best_fixed[best_moving] == fixed_index) & (similarity[fixed_index, best_moving] > -2.0)
     return fixed_index[mutual], best_moving[mutual]

@@ -63,7 +63,7 @@ def ransac_affine(
     """
     count = len(src)
     if count < 3:
-        return torch.eye(3, dtype=src.dtype, device=src.device), torch.zeros(count, dtype=torch.bool)
+        return torch.eye(3, dtype=src.dtype, device=src.device), torch.zeros(count, dtype=torch.bool, device=src.device)
     generator = torch.Generator().manual_seed(seed)
     samples = torch.stack([torch.randperm(count, generator=generator)[:3] for _ in range(iterations)]).to(src.device)
     hypotheses = fit_affine_points(src[samples], dst[samples])  # (I, 3, 3)

@@ -174,7 +174,7 @@ def _score_candidates(
     size = (hf + 2 * max_shift, wf + 2 * max_shift)
     canvas_fixed = F.pad(level.fixed, (max_shift, max_shift, max_shift, max_shift))
     # canvas pixel q is fixed pixel q - max_shift; fixed labels get a validity channel via the one-hot sum
-    to_canvas = torch.eye(3, dtype=level_affines.dtype)
+    to_canvas = torch.eye(3, dtype=level_affines.dtype, device=level_affines.device)
     to_canvas[:2, 2] = -max_shift
     scores, shifts = [], []
     for chunk in level_affines.split(batch):
@@ -203,9 +203,10 @@ def _candidate_affines(
     level: _Level, centres: tuple[torch.Tensor, torch.Tensor], angles_deg, scales, mirrors
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Level-pixel similarity affines for every (angle, scale, mirror) and their parameter table (B, 3)."""
-    grid = torch.tensor([(a, s, float(m)) for m in mirrors for s in scales for a in angles_deg], dtype=torch.float32)
-    centre_fixed = centres[0] * torch.tensor(level.fixed_factors)
-    centre_moving = centres[1] * torch.tensor(level.moving_factors)
+    table = [(a, s, float(m)) for m in mirrors for s in scales for a in angles_deg]
+    grid = torch.tensor(table, dtype=torch.float32, device=level.fixed.device)
+    centre_fixed = centres[0] * centres[0].new_tensor(level.fixed_factors)
+    centre_moving = centres[1] * centres[1].new_tensor(level.moving_factors)
     affines = geometry.similarity_matrix(
         torch.deg2rad(grid[:, 0]), grid[:, 1], centre_fixed, centre_moving, grid[:, 2] > 0.5
     )
@@ -317,7 +318,7 @@ def refine_similarity(level: _Level, candidate: Candidate, cfg: SearchConfig) ->
     max_shift = max(2, round(cfg.refine_max_shift * max(level.fixed.shape[-2:])))
 
     def sweep(angles_deg: torch.Tensor, scales: torch.Tensor) -> tuple[float, float, torch.Tensor, float]:
-        local = geometry.similarity_matrix(torch.deg2rad(angles_deg), scales, centre, centre)
+        local = geometry.similarity_matrix(torch.deg2rad(angles_deg), scales, centre, centre).to(base)
         affines = base[None] @ local  # A' = A ∘ (rotate/scale about c)
         scores, shifts = _score_candidates(level, affines, max_shift, cfg.min_overlap, cfg.batch)
         best = int(scores.argmax())
