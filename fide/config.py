@@ -24,10 +24,13 @@ __all__ = [
     "TrainConfig",
     "STAGES",
     "config_from_dict",
+    "REFERENCE_SIDE_PX",
 ]
 
 # pipeline prefixes selectable with --stages (each includes the ones before it)
 STAGES = ("search", "prealign", "affine", "deformable")
+# the challenge's image side; lengths given "at 834 px" (fibre widths, band-pass scales) scale by side / this
+REFERENCE_SIDE_PX = 834
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fide import geometry
-from fide.config import FibreConfig
+from fide.config import REFERENCE_SIDE_PX, FibreConfig
 from fide.prealign.fibre_match import (
     MovingSpectra,
     Patch,
@@ -37,8 +37,6 @@ from fide.prealign.fibre_match import (
     similarity_grid,
 )
 from fide.prealign.ransac import ransac_affine
-
-REFERENCE_SIDE = 834
 
 __all__ = ["FibreMatch", "refine_on_patches", "texture_score", "fibre_search"]
 
@@ -67,7 +65,7 @@ def _level(
     fixed_shape, moving_shape = (tuple(max(8, round(n * factor)) for n in im.shape[-2:]) for im in (fixed, moving))
     fixed_level = geometry.downsample(fixed, fixed_shape) if factor < 1 else fixed
     moving_level = geometry.downsample(moving, moving_shape) if factor < 1 else moving
-    length = max(fixed_shape) / REFERENCE_SIDE  # the core fills the image: fibres are thinner in smaller images
+    length = max(fixed_shape) / REFERENCE_SIDE_PX  # the core fills the image: fibres are thinner in smaller images
     low, high = (width * length for width in band_px)
     return _Level(
         band_pass(fixed_level, low, high),

@@ -23,9 +23,11 @@ from scipy import ndimage
 from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
 
+from fide.config import REFERENCE_SIDE_PX
+
 __all__ = ["TissueInfo", "make_aligned_pair", "REFERENCE_SIZE"]
 
-REFERENCE_SIZE = 834  # lengths below are in pixels at this size
+REFERENCE_SIZE = REFERENCE_SIDE_PX  # lengths below are in pixels at this size
 
 # optical-density stain vectors (R, G, B), Macenko's typical H&E values; perturbed per image
 _HEMATOXYLIN = np.array([0.5626, 0.7201, 0.4062])
