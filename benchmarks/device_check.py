@@ -30,8 +30,7 @@ from fide.io import load_dataset, read_image, read_landmark_pair  # noqa: E402
 from fide.pipeline import register_pair  # noqa: E402
 
 
-def _timed(fixed: torch.Tensor, moving: torch.Tensor, device: torch.device, cfg: FideConfig):
-    encoders = resolve_encoders(cfg.encoder, device)  # what `fide register` uses: the shipped encoders
+def _timed(fixed: torch.Tensor, moving: torch.Tensor, device: torch.device, cfg: FideConfig, encoders):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -52,13 +51,15 @@ def check(dataset: Path, cases: list[str] | None, repeats: int) -> pd.DataFrame:
     pairs = [p for p in load_dataset(dataset).split("val") if cases is None or p.fixed_case in cases]
     if not pairs:
         raise SystemExit(f"device_check: no val pairs of {dataset} match {cases}")
-    _timed(read_image(pairs[0].fixed), read_image(pairs[0].moving), cuda, cfg)  # warm-up: CUDA context, kernels
+    # what `fide register` uses: the shipped encoders, loaded once per device
+    encoders = {device: resolve_encoders(cfg.encoder, device) for device in (torch.device("cpu"), cuda)}
+    _timed(read_image(pairs[0].fixed), read_image(pairs[0].moving), cuda, cfg, encoders[cuda])  # warm-up
     rows = []
     for pair in pairs:
         fixed, moving = read_image(pair.fixed), read_image(pair.moving)
         points = [torch.tensor(p, dtype=torch.float64) for p in read_landmark_pair(*pair.landmarks())]
-        cpu_disp, cpu_s, _ = _timed(fixed, moving, torch.device("cpu"), cfg)
-        runs = [_timed(fixed, moving, cuda, cfg) for _ in range(repeats)]
+        cpu_disp, cpu_s, _ = _timed(fixed, moving, torch.device("cpu"), cfg, encoders[torch.device("cpu")])
+        runs = [_timed(fixed, moving, cuda, cfg, encoders[cuda]) for _ in range(repeats)]
         cuda_disp = runs[0][0]
         rows.append(
             {

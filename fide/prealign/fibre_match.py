@@ -227,7 +227,7 @@ def locate_patches(
             positions.append(torch.stack([index // ncc.shape[1], index % ncc.shape[1]]).float())
             peaks.append(value)
     if not centres:
-        return torch.zeros(0, 2), torch.zeros(0, 2), torch.zeros(0)
+        return fixed_band.new_zeros(0, 2), fixed_band.new_zeros(0, 2), fixed_band.new_zeros(0)
     return torch.stack(centres), torch.stack(positions), torch.stack(peaks)
 
 
