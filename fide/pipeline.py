@@ -45,6 +45,8 @@ class RegistrationResult:
         stage_affines: the affine after each stage that ran (for ablations and QC).
         seconds: wall time per stage.
         notes: what a user should know about this pair (e.g. what the fibre fallback did), one line each.
+        confidence: how likely the pose is right, in [0, 1] (NaN where not estimated); see docs/operations.md.
+        mirrored: whether the fixed-to-moving affine reflects (det < 0: the slide was flipped).
     """
 
     disp: torch.Tensor
@@ -53,6 +55,8 @@ class RegistrationResult:
     stage_affines: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    confidence: float = float("nan")
+    mirrored: bool = False
 
 
 def handcrafted_features(fixed: torch.Tensor, moving: torch.Tensor, radius: int = 1, dilation: int = 2):
