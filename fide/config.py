@@ -19,16 +19,20 @@ __all__ = [
     "PrealignConfig",
     "OptimiseConfig",
     "DeformableConfig",
+    "ConfidenceConfig",
     "EncoderConfig",
     "FideConfig",
     "TrainConfig",
     "STAGES",
     "config_from_dict",
     "REFERENCE_SIDE_PX",
+    "MIRROR_CHOICES",
 ]
 
 # pipeline prefixes selectable with --stages (each includes the ones before it)
 STAGES = ("search", "prealign", "affine", "deformable")
+# SearchConfig.mirror: both poses, unmirrored only, mirrored only
+MIRROR_CHOICES = ("auto", "never", "always")
 # the challenge's image side; lengths given "at 834 px" (fibre widths, band-pass scales) scale by side / this
 REFERENCE_SIDE_PX = 834
 
@@ -55,7 +59,10 @@ class SearchConfig:
     scale_min: float = 0.6  # appearance spec: scales 0.66-1.13 plus a further 0.9-1.1
     scale_max: float = 1.35
     scale_steps: int = 9
-    mirror: bool = False  # fide: tissue sections are not mirrored in the challenge; enable for flipped slides
+    # fide: "auto" also searches mirrored poses (a slide mounted face down); "never" / "always" when it is known
+    mirror: str = "auto"
+    # fide: rotations searched are limited to ±this (180 = any); a user who knows the range (the challenge: 20) says so
+    max_rotation_deg: float = 180.0
     max_shift: float = 0.25  # fide: translations up to this fraction of the image side, from the tissue centroids
     min_overlap: float = 0.5  # globalign: at least 50 % overlap
     batch: int = 24  # candidates per FFT batch (memory ~ batch * K^2 * canvas^2 complex)
@@ -66,6 +73,14 @@ class SearchConfig:
     refine_scale_steps: int = 5
     refine_scale_ratio: float = 1.06  # +- ratio of the fine scale sweep
     refine_max_shift: float = 0.06  # translations of the fine sweep, fraction of the image side
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mirror, bool):  # configs written before "auto" existed said true / false
+            self.mirror = "auto" if self.mirror else "never"
+        if self.mirror not in MIRROR_CHOICES:
+            raise ValueError(f"search.mirror must be one of {list(MIRROR_CHOICES)}, got {self.mirror!r}")
+        if not 0 <= self.max_rotation_deg <= 180:
+            raise ValueError(f"search.max_rotation_deg must be in [0, 180], got {self.max_rotation_deg}")
 
 
 @dataclass
@@ -94,6 +109,13 @@ class FibreConfig:
     refine_iterations: int = 60  # Adam steps of each continuous affine fit
     refine_learning_rate: float = 0.1
     accept_ratio: float = 1.5  # fide: kept only if its texture score beats the current affine's by this factor
+    # fide: the search also runs when the selected pose's texture NCC is below this (a wrong pose scores ~0)
+    verify_below: float = 0.2
+    # fide: last affine step at full resolution on the texture of a confident pose (the NMI passes end at 384 px);
+    # kept only if the full-resolution NMI stays within the tolerance
+    polish_iterations: int = 30
+    polish_learning_rate: float = 0.05
+    polish_nmi_tolerance: float = 0.01
     batch: int = 32
 
 
@@ -138,9 +160,25 @@ class OptimiseConfig:
     fine_size_px: int = 384
     fine_iterations: int = 30
     fine_learning_rate: float = 3e-2
-    # fide: NMI below this marks a pair as doubtful in results.csv. On the development tasks (834 and 512 px) every
-    # failed pair scored <= 0.014 and every registered one >= 0.038 (512 px cores score lower: 0.05 flagged good ones)
+    # fide: NMI below this means the label maps carry almost nothing (nearly empty SHG): a doubtful pair then gets
+    # the exhaustive fibre grid. On whole-core development tasks every failed pair scored <= 0.014 and every
+    # registered one >= 0.038; the flag in results.csv comes from the confidence (ConfidenceConfig) instead
     quality_flag_below: float = 0.025
+
+
+@dataclass
+class ConfidenceConfig:
+    """Confidence of a result and the flag in results.csv (see fide/optimise/confidence.py)."""
+
+    # fide: texture contrast (NCC at the pose minus its mean 8 px away) on synthetic development pairs: >= 0.35 at
+    # every right pose, <= 0.03 at wrong ones, 0.11 at the one wrong pose the fibre fit had polished
+    texture_mid: float = 0.15
+    texture_width: float = 0.025
+    texture_shift_px: float = 8.0  # pixels at 834 px: fibres (~2 px wide) have decorrelated there
+    # fide: the former quality flag (NMI 0.025; failures <= 0.014, registered whole cores >= 0.038)
+    nmi_mid: float = 0.025
+    nmi_width: float = 0.005
+    flag_below: float = 0.5  # confidence under this: flagged
 
 
 @dataclass
@@ -185,6 +223,7 @@ class FideConfig:
     prealign: PrealignConfig = field(default_factory=PrealignConfig)
     optimise: OptimiseConfig = field(default_factory=OptimiseConfig)
     deformable: DeformableConfig = field(default_factory=DeformableConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     stages: str = "deformable"  # last stage to run, one of STAGES
     seed: int = 0

@@ -237,11 +237,16 @@ def resize_image(image: torch.Tensor, shape: Sequence[int], *, mode: str = "bili
 
 
 def _binomial_blur(image: torch.Tensor) -> torch.Tensor:
-    kernel = image.new_tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16  # sigma ~1 px, symmetric: moves no pixel centre
-    channels = image.shape[1]
+    """[1 4 6 4 1] / 16 along both axes (sigma ~1 px, symmetric: moves no pixel centre), replicate padding.
+
+    Written as sums of shifted views: PyTorch's grouped conv2d with a 5-tap kernel is ~8x slower on CPU.
+    """
     padded = F.pad(image, (2, 2, 2, 2), mode="replicate")
-    rows = F.conv2d(padded, kernel.view(1, 1, 5, 1).expand(channels, 1, 5, 1), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, 1, 5).expand(channels, 1, 1, 5), groups=channels)
+    height, width = image.shape[-2:]
+    rows = [padded[..., k : k + height, :] for k in range(5)]
+    blurred = (rows[0] + rows[4]) + 4 * (rows[1] + rows[3]) + 6 * rows[2]
+    cols = [blurred[..., k : k + width] for k in range(5)]
+    return ((cols[0] + cols[4]) + 4 * (cols[1] + cols[3]) + 6 * cols[2]) / 256
 
 
 def downsample(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

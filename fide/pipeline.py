@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 import torch
 
 from fide import geometry
-from fide.config import FideConfig, OptimiseConfig
+from fide.config import FibreConfig, FideConfig, OptimiseConfig
 from fide.features import ModalityEncoders, kmeans_labels, learned_features, mind_ssc
+from fide.optimise.confidence import pose_confidence
 from fide.optimise.deformable import optimise_deformable
 from fide.optimise.instance import WorkingPair, label_nmi, make_working_pair, optimise_affine
 from fide.optimise.losses import LabelNMILoss
-from fide.prealign.fibres import fibre_search
+from fide.prealign.fibres import FibreTexture, fibre_search
 from fide.prealign.prealign import prealign_affine
-from fide.prealign.search import search_similarity
+from fide.prealign.search import search_mirrors, search_similarity
 from fide.preprocess import PreparedImage, prepare_pair
 
 __all__ = ["RegistrationResult", "register_pair", "FeatureFn", "handcrafted_features"]
@@ -46,7 +47,11 @@ class RegistrationResult:
         seconds: wall time per stage.
         notes: what a user should know about this pair (e.g. what the fibre fallback did), one line each.
         confidence: how likely the pose is right, in [0, 1] (NaN where not estimated); see docs/operations.md.
+        confidence_basis: the criterion the confidence was read from: "texture", "nmi" or "none".
         mirrored: whether the fixed-to-moving affine reflects (det < 0: the slide was flipped).
+        scores: the criteria measured on the result, which the confidence is made of: ``nmi``; for SHG/H&E with
+            collagen patches ``texture`` (the fibre-texture NCC) and ``texture_contrast`` (its peak above the pose
+            shifted by a few pixels), NaN elsewhere.
     """
 
     disp: torch.Tensor
@@ -56,7 +61,9 @@ class RegistrationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     confidence: float = float("nan")
+    confidence_basis: str = "none"
     mirrored: bool = False
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 def handcrafted_features(fixed: torch.Tensor, moving: torch.Tensor, radius: int = 1, dilation: int = 2):
@@ -83,7 +90,22 @@ class _PairInputs:
     moving_labels: torch.Tensor  # (1, 1, Hm, Wm) int
     features: FeatureFn
     num_labels: int
+    fibres: FibreConfig
     _working: dict[int, WorkingPair] = field(default_factory=dict, repr=False)
+    _texture: list[FibreTexture] = field(default_factory=list, repr=False)
+
+    @property
+    def shg_and_he(self) -> bool:
+        """Whether the pair is SHG (one channel) against H&E (RGB), the pairs the fibre texture can judge."""
+        return self.fixed.raw.shape[1] == 1 and self.moving.raw.shape[1] == 3
+
+    def texture(self) -> FibreTexture | None:
+        """The full-resolution fibre texture (built once), or None where it cannot judge the pair."""
+        if not (self.fibres.enabled and self.shg_and_he):
+            return None
+        if not self._texture:
+            self._texture.append(FibreTexture(self.fixed.intensity, self.moving.intensity, self.fibres))
+        return self._texture[0] if self._texture[0].has_patches else None
 
     def working(self, size_px: int) -> WorkingPair:
         """The pair at ``size_px``, built once (pre-alignment and optimisation share the 256 px one)."""
@@ -171,7 +193,7 @@ def register_pair(
     stage_affines["search"] = candidates[0]
     lap("search")
 
-    inputs = _PairInputs(fixed, moving, fixed_labels, moving_labels, feature_fn, opt.num_labels)
+    inputs = _PairInputs(fixed, moving, fixed_labels, moving_labels, feature_fn, opt.num_labels, cfg.fibres)
     starts = _screen(candidates, inputs, cfg)
     stage_affines["prealign"] = starts[0]
     lap("prealign")
@@ -179,23 +201,37 @@ def register_pair(
     working = inputs.working(opt.size_px)
     if cfg.runs("affine"):
         starts = list(optimise_affine(working, torch.stack(starts), opt)[0])
-    best_affine, best_quality = starts[0], -1.0
-    for affine in starts:
-        quality = inputs.quality(affine)
-        logger.debug("restart: full-resolution NMI %.4f", quality)
-        if quality > best_quality:
-            best_affine, best_quality = affine, quality
+    ranked = sorted(((inputs.quality(affine), affine) for affine in starts), key=lambda item: -item[0])
+    best_quality, best_affine = _select(inputs, ranked, cfg) if cfg.runs("affine") else ranked[0]
     if cfg.runs("affine") and min(opt.fine_size_px, max(fixed.shape)) > opt.size_px and opt.fine_iterations > 0:
         best_affine, best_quality = _fine_pass(inputs, opt, best_affine, best_quality)
     if cfg.runs("affine"):
         stage_affines["affine"] = best_affine
     lap("affine")
 
-    if cfg.runs("affine") and best_quality < opt.quality_flag_below and _fibre_fallback_applies(fixed, moving, cfg):
-        best_affine, best_quality, note = _fibre_fallback(inputs, cfg, best_affine, best_quality)
+    texture = inputs.texture() if cfg.runs("affine") else None
+    texture_score = texture.score(best_affine) if texture is not None else float("nan")
+    # the texture judges SHG/H&E pairs directly (a right pose scores >= 0.3 on synthetic pairs, a wrong one ~0),
+    # also where the label NMI is low at a right pose (centre patches)
+    if texture is not None and texture_score < cfg.fibres.verify_below:
+        hypotheses = [affine for _, affine in ranked] + candidates
+        best_affine, best_quality, texture_score, note = _fibre_fallback(
+            inputs, cfg, best_affine, best_quality, hypotheses
+        )
         stage_affines["fibres"] = best_affine
         notes.append(note)
         lap("fibres")
+    if texture is not None and texture_score >= cfg.fibres.verify_below and cfg.fibres.polish_iterations > 0:
+        best_affine, best_quality, texture_score = _polish(inputs, texture, cfg.fibres, best_affine, best_quality)
+        stage_affines["polish"] = best_affine
+        lap("polish")
+    scores = {"nmi": best_quality, "texture": texture_score}
+    scores["texture_contrast"] = (
+        texture.contrast(best_affine, cfg.confidence.texture_shift_px) if texture is not None else float("nan")
+    )
+    confidence, basis = pose_confidence(scores, cfg.confidence)
+    for name, value in scores.items():
+        logger.debug("score %s: %.4f", name, value)
 
     disp = geometry.affine_to_disp(best_affine[None], fixed.shape)
     if cfg.runs("deformable") and cfg.deformable.enabled:
@@ -204,31 +240,91 @@ def register_pair(
         if quality >= best_quality:  # the residual must not lower the full-resolution similarity
             disp, best_quality = deformed, quality
         lap("deformable")
-    return RegistrationResult(disp.detach(), best_affine.detach(), best_quality, stage_affines, timings, notes)
+    mirrored = bool(torch.linalg.det(best_affine[:2, :2]) < 0)
+    return RegistrationResult(
+        disp.detach(),
+        best_affine.detach(),
+        best_quality,
+        stage_affines,
+        timings,
+        notes,
+        confidence=confidence,
+        confidence_basis=basis,
+        mirrored=mirrored,
+        scores=scores,
+    )
 
 
-def _fibre_fallback_applies(fixed: PreparedImage, moving: PreparedImage, cfg: FideConfig) -> bool:
-    return cfg.fibres.enabled and fixed.raw.shape[1] == 1 and moving.raw.shape[1] == 3  # SHG against H&E only
+def _select(
+    inputs: _PairInputs, ranked: list[tuple[float, torch.Tensor]], cfg: FideConfig
+) -> tuple[float, torch.Tensor]:
+    """The restart with the best NMI, unless the fibre texture clearly prefers another (the fallback's rule).
+
+    On centre patches without a core outline the label maps can favour a wrong pose whose texture is noise, while
+    a restart at the true pose matches the fibres; where the texture is weak or absent, NMI decides.
+    """
+    texture = inputs.texture()
+    if texture is None or len(ranked) < 2:
+        return ranked[0]
+    textures = [texture.score(affine) for _, affine in ranked]
+    best = max(range(len(ranked)), key=textures.__getitem__)
+    wins = textures[best] > max(cfg.fibres.accept_ratio * textures[0], cfg.fibres.verify_below)
+    if best and wins:
+        logger.debug("selection: texture NCC %.3f beats the NMI choice's %.3f", textures[best], textures[0])
+        return ranked[best]
+    return ranked[0]
 
 
 def _fibre_fallback(
-    inputs: _PairInputs, cfg: FideConfig, affine: torch.Tensor, quality: float
-) -> tuple[torch.Tensor, float, str]:
-    """For a pair whose label NMI stays low: the fibre-texture search, kept if its texture score clearly wins.
+    inputs: _PairInputs, cfg: FideConfig, affine: torch.Tensor, quality: float, hypotheses: list[torch.Tensor]
+) -> tuple[torch.Tensor, float, float, str]:
+    """For a doubtful pair: the fibre-texture search, kept if its texture score clearly wins.
 
-    Label NMI cannot judge such pairs (on nearly empty SHG it can score a wrong pose above the true one), so the
-    choice is made by the measure the search optimises, evaluated on both affines alike. Returns the affine, its
-    NMI and a one-line note of what happened.
+    The collagen patches first check the poses already found (restarts and search candidates: a true pose that
+    the label maps ranked low); the exhaustive grid runs only where the label maps carry almost nothing (NMI under
+    the quality flag: nearly empty SHG). Label NMI cannot judge such pairs (it can score a wrong pose above the
+    true one), so the choice is made by the measure the search optimises, evaluated on both affines alike.
+    Returns the affine, its NMI, its texture score and a one-line note of what happened.
     """
     fixed, moving = inputs.fixed.intensity, inputs.moving.intensity
     scales = (cfg.search.scale_min, cfg.search.scale_max)
-    match = fibre_search(fixed, moving, cfg.fibres, scales, cfg.seed, current=affine)
+    texture = inputs.texture()
+    match = fibre_search(
+        fixed,
+        moving,
+        cfg.fibres,
+        scales,
+        cfg.seed,
+        current=affine,
+        texture=texture,
+        hypotheses=hypotheses,
+        grid=quality < cfg.optimise.quality_flag_below,
+        mirrors=search_mirrors(cfg.search.mirror),
+        max_rotation_deg=cfg.search.max_rotation_deg,
+    )
     if match is None:
-        return affine, quality, "fibre fallback: no confirmed match"
+        return affine, quality, texture.score(affine), "fibre fallback: no confirmed match"
     scores = f"texture NCC {match.texture_score:.3f} vs {match.current_score:.3f}"
     if match.texture_score > max(cfg.fibres.accept_ratio * match.current_score, 0.0):
-        return match.affine, inputs.quality(match.affine), f"fibre fallback kept: {scores}"
-    return affine, quality, f"fibre fallback not kept: {scores}"
+        return match.affine, inputs.quality(match.affine), match.texture_score, f"fibre fallback kept: {scores}"
+    return affine, quality, match.current_score, f"fibre fallback not kept: {scores}"
+
+
+def _polish(
+    inputs: _PairInputs, texture: FibreTexture, cfg: FibreConfig, affine: torch.Tensor, quality: float
+) -> tuple[torch.Tensor, float, float]:
+    """The last affine step at full resolution, on the fibre texture (the finest structure both images share).
+
+    Kept only if the full-resolution NMI stays within ``polish_nmi_tolerance`` of the pose it started from.
+    Returns the affine, its NMI and its texture NCC.
+    """
+    start_score = texture.score(affine)
+    refined, score = texture.refine(affine, cfg.polish_iterations, cfg.polish_learning_rate)
+    refined_quality = inputs.quality(refined)
+    logger.debug("polish: texture %.4f -> %.4f, NMI %.4f -> %.4f", start_score, score, quality, refined_quality)
+    if score > start_score and refined_quality >= (1 - cfg.polish_nmi_tolerance) * quality:
+        return refined, refined_quality, score
+    return affine, quality, start_score
 
 
 def _fine_pass(

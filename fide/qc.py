@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from fide import geometry  # noqa: E402
-from fide.config import OptimiseConfig  # noqa: E402
+from fide.config import ConfidenceConfig  # noqa: E402
 from fide.io import DatasetError, Pair, read_disp, read_image, read_landmark_pair, read_spacing  # noqa: E402
 from fide.warp_points import warp_points  # noqa: E402
 
@@ -269,7 +269,7 @@ class QCRecorder:
 
     Args:
         folder: where ``<pair>.png``, ``summary.png`` and ``index.html`` go.
-        quality_flag_below: NMI below which a pair's title is drawn in red.
+        flag_below: confidence below which a pair's title is drawn in red (the runner's flag).
         max_px: longest side of the displayed panels.
     """
 
@@ -277,13 +277,13 @@ class QCRecorder:
         self,
         folder: str | Path,
         *,
-        quality_flag_below: float = OptimiseConfig.quality_flag_below,
+        flag_below: float = ConfidenceConfig.flag_below,
         max_px: int = DISPLAY_PX,
     ) -> None:
         if max_px < 16:
             raise ValueError(f"max_px must be >= 16, got {max_px}")
         self.folder = Path(folder)
-        self.quality_flag_below = quality_flag_below
+        self.flag_below = flag_below
         self.max_px = max_px
         self.tre: dict[str, float] = {}
 
@@ -291,18 +291,22 @@ class QCRecorder:
         return self.folder / f"{pair.disp_name.removesuffix('.nii.gz')}.png"
 
     def __call__(self, pair: Pair, result, status: str = "", message: str = "") -> Path:
-        """Draw ``pair`` under ``result.disp`` (any object with a (1, 2, H, W) ``disp`` and a ``quality``)."""
+        """Draw ``pair`` under ``result.disp`` (any object with a (1, 2, H, W) ``disp``, a ``quality`` and a
+        ``confidence``)."""
         disp = result.disp.detach().cpu().float()
         tre = pair_tre(pair, disp)
         landmarks = read_landmark_pair(*pair.landmarks()) if tre is not None else None
         if tre is not None:
             self.tre[pair.name] = float(tre.mean())
         quality = float(getattr(result, "quality", math.nan))
-        bad = status == "failed" or (quality == quality and quality < self.quality_flag_below)
+        confidence = float(getattr(result, "confidence", math.nan))
+        bad = status in ("failed", "flagged") or (confidence == confidence and confidence < self.flag_below)
         status = status or ("flagged" if bad else "ok")
         words = [pair.name, status.upper()]
         if quality == quality:
             words.append(f"NMI {quality:.3f}")
+        if confidence == confidence:
+            words.append(f"confidence {confidence:.2f}")
         if tre is not None:
             words.append(f"TRE mean {tre.mean():.2f}, max {tre.max():.2f}")
         title = "   ".join(words) + (f"\n{message}" if message else "")

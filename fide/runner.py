@@ -29,6 +29,7 @@ from tqdm import tqdm
 from fide.config import FideConfig
 from fide.features import ModalityEncoders
 from fide.io import DatasetError, Pair, atomic_path, read_disp, read_image, write_disp
+from fide.optimise.confidence import flag_reason
 from fide.pipeline import FeatureFn, RegistrationResult, register_pair
 
 __all__ = [
@@ -46,9 +47,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.csv"
-# "ok"; "flagged": written but the quality score is low; "failed": identity field; "skipped": valid field kept
+# "ok"; "flagged": written but likely a wrong pose (low confidence); "failed": identity field; "skipped": valid
+# field kept
 STATUSES = ("ok", "flagged", "failed", "skipped")
-_COLUMNS = ["pair", "status", "seconds", "quality", "message"]
+_COLUMNS = ["pair", "status", "seconds", "quality", "confidence", "mirrored", "message"]
+# tables written before the confidence columns existed are still read (resume, merge): these get defaults
+_DEFAULTS = {"confidence": float("nan"), "mirrored": False}
 
 
 @dataclass
@@ -59,6 +63,8 @@ class PairOutcome:
     status: str  # one of STATUSES
     seconds: float
     quality: float
+    confidence: float = float("nan")  # see fide/optimise/confidence.py
+    mirrored: bool = False  # the affine reflects: the slide was mirrored
     message: str = ""
 
 
@@ -102,12 +108,15 @@ def _read_tables(output: Path) -> pd.DataFrame:
         except (OSError, ValueError, pd.errors.ParserError) as err:
             logger.warning("%s: ignoring an unreadable results table (%s)", file, err)
             continue
+        for column, default in _DEFAULTS.items():
+            if column not in table.columns:
+                table[column] = default
         if set(_COLUMNS) <= set(table.columns):
             tables.append(table[_COLUMNS])
     if not tables:
         return pd.DataFrame(columns=_COLUMNS)
     table = pd.concat(tables, ignore_index=True)
-    for column in ("seconds", "quality"):
+    for column in ("seconds", "quality", "confidence"):
         table[column] = pd.to_numeric(table[column], errors="coerce")
     return table
 
@@ -254,7 +263,7 @@ def register_pairs(
                 rows.append(PairOutcome(*previous))
             else:
                 seconds = time.perf_counter() - start
-                rows.append(PairOutcome(pair.name, "skipped", seconds, float("nan"), "valid field kept"))
+                rows.append(PairOutcome(pair.name, "skipped", seconds, float("nan"), message="valid field kept"))
             logger.info("%s: valid field %s kept (use --force to recompute)", pair.name, target.name)
             _write_table(pd.DataFrame([vars(r) for r in rows], columns=_COLUMNS), table_path)
             continue
@@ -263,10 +272,15 @@ def register_pairs(
             fixed, moving = read_image(pair.fixed), read_image(pair.moving)
             result = METHODS[method](fixed, moving, cfg, device, features, encoders)
             write_disp(target, result.disp[0])
-            flagged = result.quality == result.quality and result.quality < cfg.optimise.quality_flag_below
-            status = "flagged" if flagged else "ok"
-            message = "; ".join(([f"low NMI {result.quality:.3f}"] if flagged else []) + result.notes)
-            rows.append(PairOutcome(pair.name, status, time.perf_counter() - start, result.quality, message))
+            reason = flag_reason(result.confidence, result.confidence_basis, result.scores, cfg.confidence)
+            status = "ok" if reason is None else "flagged"
+            message = "; ".join(([reason] if reason else []) + (["mirrored"] if result.mirrored else []) + result.notes)
+            seconds = time.perf_counter() - start
+            rows.append(
+                PairOutcome(
+                    pair.name, status, seconds, result.quality, result.confidence, result.mirrored, message=message
+                )
+            )
         except Exception as err:  # noqa: BLE001 - one pair never stops the others; the reason is recorded
             result = None
             reason = _one_line(err)
@@ -277,7 +291,7 @@ def register_pairs(
                 torch.cuda.empty_cache()
             note = _identity_fallback(pair, target)
             logger.error("%s failed: %s (%s)", pair.name, reason, note)
-            rows.append(PairOutcome(pair.name, "failed", time.perf_counter() - start, float("nan"), reason))
+            rows.append(PairOutcome(pair.name, "failed", time.perf_counter() - start, float("nan"), message=reason))
         _write_table(pd.DataFrame([vars(r) for r in rows], columns=_COLUMNS), table_path)
         if result is not None and on_result is not None:
             try:

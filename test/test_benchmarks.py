@@ -93,15 +93,20 @@ def test_elastix_axis_convention(maps, tmp_path, monkeypatch):
 
 def test_benchmark_smoke(tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, str(BENCH_DIR / "run.py"), "--tasks", "synthetic", "--synthetic-pairs", "1"]
+    command = [sys.executable, str(BENCH_DIR / "run.py"), "--tasks", "synthetic,mirror", "--synthetic-pairs", "1"]
     command += ["--size", "128", "--methods", "zero,simpleitk-affine", "--cache", str(tmp_path / "cache")]
     command += ["--out", str(out)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "SimpleITK affine (MI)" in completed.stdout
     table = pd.read_csv(out / "benchmark.csv", keep_default_na=False)
-    assert list(table["method"]) == ["zero field", "SimpleITK affine (MI)"]
+    assert list(table["method"]) == ["zero field", "SimpleITK affine (MI)"] * 2
+    assert list(table["task"]) == ["synthetic", "synthetic", "mirror", "mirror"]
     assert set(table["< 2 px"]) <= {"0/1", "1/1"}
+    zero = table[table["method"] == "zero field"]
+    # the zero field is never flagged (it has no confidence), so a pair it leaves far off is a trusted wrong result
+    assert set(zero["flagged"]) == {"0/1"} and set(zero["> 5 px not flagged"].astype(str)) == {"1"}
+    assert (tmp_path / "cache" / "synth-128px-1pairs-seed2025-mirror" / ".complete").is_file()
     assert (table["mean TRE"].astype(float) > 0).all() and (table["peak MB"].astype(float) > 50).all()
     assert (out / "synthetic" / "simpleitk-affine" / "disp_0001_0001.nii.gz").is_file()
     assert (out / "benchmark.md").read_text().count("\n|") >= 3

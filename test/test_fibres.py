@@ -88,6 +88,7 @@ def test_fallback_in_register_pair_recovers_an_empty_core(sparse_pair, device):
     shg = 1 + 120 * fixed[0]
     values = {**FAST_CONFIG, "optimise": {**FAST_CONFIG["optimise"], "quality_flag_below": 1.0}}
     values["fibres"] = {**SMALL.__dict__, "band_px": list(SMALL.band_px), "final_band_px": list(SMALL.final_band_px)}
+    values["fibres"]["verify_below"] = 1.0  # every pose doubtful: the search runs, and only its grid can answer
     result = register_pair(shg, rgb, config_from_dict(values), device=device)
     assert result.disp.device.type == device
     assert "fibres" in result.stage_affines and "fibres" in result.seconds
@@ -95,3 +96,42 @@ def test_fallback_in_register_pair_recovers_an_empty_core(sparse_pair, device):
     points = torch.tensor([[60.0, 60.0], [140.0, 140.0], [100.0, 100.0]])
     error = geometry.map_points(points, result.disp.cpu()) - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).max()) < 1.5
+
+
+def _flip_j(size: int) -> torch.Tensor:
+    """Fixed→moving left-right mirror of a size × size image (column j ↦ size - 1 - j)."""
+    return torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, size - 1.0], [0.0, 0.0, 1.0]])
+
+
+def test_a_true_hypothesis_is_confirmed_without_the_grid(sparse_pair):
+    """A pose the search already found is checked by the patches alone; wrong hypotheses confirm nothing."""
+    fixed, moving, truth = sparse_pair
+    near = truth @ similarity(3.0, 1.0, SIZE, shift=(2.0, -1.0))
+    wrong = [truth @ similarity(angle, 1.0, SIZE) for angle in (60.0, -100.0)]
+    match = fibres.fibre_search(fixed, moving, SMALL, (0.9, 1.25), hypotheses=[*wrong, near], grid=False)
+    assert match is not None and match.grid_score != match.grid_score  # NaN: no grid was searched
+    points = torch.tensor([[40.0, 40.0], [160.0, 60.0], [100.0, 100.0], [60.0, 160.0]])
+    error = geometry.apply_affine_to_points(match.affine, points) - geometry.apply_affine_to_points(truth, points)
+    assert float(error.norm(dim=1).max()) < 1.0
+    assert fibres.fibre_search(fixed, moving, SMALL, (0.9, 1.25), hypotheses=wrong, grid=False) is None
+
+
+def test_the_grid_holds_mirrored_poses_only_when_asked(sparse_pair):
+    fixed, moving, truth = sparse_pair
+    mirrored = geometry.warp(moving, geometry.affine_to_disp(_flip_j(SIZE)[None], (SIZE, SIZE)))
+    assert fibres.fibre_search(fixed, mirrored, SMALL, (0.9, 1.25)) is None  # unmirrored grid: nothing agrees
+    match = fibres.fibre_search(fixed, mirrored, SMALL, (0.9, 1.25), mirrors=(False, True))
+    assert match is not None and float(torch.linalg.det(match.affine[:2, :2])) < 0
+    expected = _flip_j(SIZE) @ truth  # fixed → original moving → mirrored moving
+    points = torch.tensor([[60.0, 60.0], [140.0, 140.0], [100.0, 100.0]])
+    error = geometry.apply_affine_to_points(match.affine, points) - geometry.apply_affine_to_points(expected, points)
+    assert float(error.norm(dim=1).max()) < 1.0
+
+
+def test_texture_contrast_is_a_peak_at_the_truth_only(sparse_pair):
+    fixed, moving, truth = sparse_pair
+    texture = fibres.FibreTexture(fixed, moving, SMALL)
+    assert texture.has_patches
+    at_truth = texture.contrast(truth, shift_px=30.0)
+    assert at_truth > 0.5
+    assert abs(texture.contrast(truth @ similarity(70.0, 1.0, SIZE), shift_px=30.0)) < 0.25 * at_truth

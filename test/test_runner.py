@@ -205,17 +205,41 @@ def test_real_registration_through_the_runner(task, tmp_path):
     assert seen and seen[0].disp.shape == (1, 2, 64, 64)
 
 
-def test_low_quality_pairs_are_flagged_below_the_configured_nmi(task, tmp_path, monkeypatch):
+def test_low_confidence_pairs_are_flagged_with_the_reason(task, tmp_path, monkeypatch):
     pairs = _pairs(task)[:3]
-    qualities = iter([0.01, 0.03, float("nan")])  # a failed-looking pair, a registered 512 px pair, the zero field
+    # a wrong-looking pose (its fibres do not match), a right mirrored one, and the zero field (no estimate)
+    outcomes = iter(
+        [
+            dict(confidence=0.02, confidence_basis="texture", scores={"texture_contrast": 0.01, "nmi": 0.2}),
+            dict(confidence=0.97, confidence_basis="texture", scores={"texture_contrast": 0.4}, mirrored=True),
+            dict(),
+        ]
+    )
 
     def scored(fixed, moving, *rest):
         result = METHODS["zero"](fixed, moving, *rest)
-        return RegistrationResult(result.disp, result.affine, next(qualities), {}, {})
+        return RegistrationResult(result.disp, result.affine, 0.05, **next(outcomes))
 
     monkeypatch.setitem(METHODS, "scored", scored)
     cfg = FideConfig()
-    assert cfg.optimise.quality_flag_below == 0.025
+    assert cfg.confidence.flag_below == 0.5
     table = register_pairs(pairs, tmp_path / "out", cfg, method="scored")
     assert list(table["status"]) == ["flagged", "ok", "ok"]
-    assert table["message"][0] == "low NMI 0.010" and table["message"][1] == ""
+    assert table["message"][0] == "low confidence 0.02 (texture contrast 0.010: the fibres do not match)"
+    assert table["message"][1] == "mirrored" and table["message"][2] == ""
+    written = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(written["mirrored"]) == [False, True, False]
+    assert written["confidence"][0] == pytest.approx(0.02) and written["confidence"].isna()[2]
+
+
+def test_tables_written_before_the_confidence_columns_are_still_resumed(task, tmp_path):
+    """A results.csv of an earlier fide version (no confidence / mirrored) keeps its rows on resume."""
+    pairs = _pairs(task)[:2]
+    out = tmp_path / "out"
+    register_pairs(pairs, out, FideConfig(), method="zero")
+    old = pd.read_csv(out / "results.csv").drop(columns=["confidence", "mirrored"])
+    old["message"] = old["message"].astype(object)
+    old.loc[0, "message"] = "from an older run"
+    old.to_csv(out / "results.csv", index=False)
+    table = register_pairs(pairs, out, FideConfig(), method="zero", resume=True)
+    assert table["message"][0] == "from an older run" and not table["mirrored"].any()

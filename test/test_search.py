@@ -61,3 +61,58 @@ def test_correlation_criterion_on_comparable_maps_ranks_the_truth_first(pair128)
     found = geometry.apply_affine_to_points(candidates[0].affine, points)
     error = found - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).mean()) < 2.0
+
+
+def test_rotation_grid_limits_and_always_holds_the_identity():
+    from fide.prealign.search import rotation_angles_deg
+
+    full = rotation_angles_deg(6.0)
+    assert len(full) == 60 and float(full.min()) == -180.0 and float(full.max()) < 180.0
+    limited = rotation_angles_deg(6.0, 20.0)
+    assert limited.tolist() == [-18.0, -12.0, -6.0, 0.0, 6.0, 12.0, 18.0]
+    assert rotation_angles_deg(6.0, 0.0).tolist() == [0.0]
+    with pytest.raises(ValueError, match="step_deg"):
+        rotation_angles_deg(0.0)
+
+
+def test_mirror_option_is_looked_up():
+    from fide.prealign.search import search_mirrors
+
+    assert search_mirrors("auto") == (False, True) and search_mirrors("never") == (False,)
+    assert search_mirrors("always") == (True,)
+    with pytest.raises(ValueError, match="search.mirror must be one of"):
+        search_mirrors("yes")
+    with pytest.raises(ValueError, match="search.mirror must be one of"):
+        SearchConfig(mirror="sometimes")
+
+
+def test_search_finds_a_mirrored_slide_under_auto_only(pair128):
+    shg, bf = pair128
+    flip = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 127.0], [0.0, 0.0, 1.0]])
+    truth = similarity(40.0, 1.0, 128, shift=(3.0, -2.0)) @ flip
+    (fixed_colour, moving_colour), centres = _prepared(shg, move(bf, truth, fill=242.0))
+    cfg = SearchConfig(size_px=64, refine_size_px=128, scale_min=0.9, scale_max=1.1, scale_steps=3, top_k=2)
+    points = geometry.identity_grid((128, 128))[:, 24:-24:8, 24:-24:8].reshape(2, -1).T
+
+    def error(candidate):
+        moved = geometry.apply_affine_to_points(candidate.affine, points)
+        return float((moved - geometry.apply_affine_to_points(truth, points)).norm(dim=1).mean())
+
+    best = search_similarity(fixed_colour, moving_colour, centres, cfg)[0]
+    assert best.mirror and error(best) < 2.0
+    unmirrored = search_similarity(
+        fixed_colour, moving_colour, centres, SearchConfig(**{**cfg.__dict__, "mirror": "never"})
+    )
+    assert not any(c.mirror for c in unmirrored) and min(error(c) for c in unmirrored) > 5.0
+
+
+def test_search_within_a_known_rotation_range(pair128):
+    shg, bf = pair128
+    truth = similarity(14.0, 1.0, 128, shift=(4.0, 2.0))
+    (fixed_colour, moving_colour), centres = _prepared(shg, move(bf, truth, fill=242.0))
+    cfg = SearchConfig(
+        size_px=64, refine_size_px=128, scale_min=0.9, scale_max=1.1, scale_steps=3, max_rotation_deg=20.0
+    )
+    candidates = search_similarity(fixed_colour, moving_colour, centres, cfg)
+    assert all(abs(c.angle_deg) <= 20.0 + cfg.refine_angle_deg for c in candidates)
+    assert abs(candidates[0].angle_deg - 14.0) < 3.0

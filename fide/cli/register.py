@@ -91,7 +91,7 @@ def register_with_run_options(
     if args.qc:
         from fide.qc import QCRecorder  # matplotlib only when asked for
 
-        recorder = QCRecorder(args.output / "qc", quality_flag_below=cfg.optimise.quality_flag_below)
+        recorder = QCRecorder(args.output / "qc", flag_below=cfg.confidence.flag_below)
     table = register_pairs(
         pairs,
         args.output,

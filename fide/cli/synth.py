@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from fide.synth import make_task
+from fide.synth.regimes import REGIMES
 
 __all__ = ["add_parser", "run"]
 
@@ -30,6 +31,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar=("LOW", "HIGH"),
         help="isotropic scale of the val/test affines (moving px per fixed px)",
     )
+    parser.add_argument(
+        "--regime",
+        default="core",
+        choices=sorted(REGIMES),
+        help="how the bright field is moved, cut and exported: whole cores (core), the challenge's centre patches "
+        "(patch20, patch180), harder affines with lab exports (hard), mirrored slides (mirror); see docs/synth.md",
+    )
     parser.set_defaults(run=run)
 
 
@@ -44,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             test_pairs=args.test_pairs,
             name=args.name,
             scale_range=tuple(args.scale_range),
+            regime=args.regime,
         )
     except ValueError as err:
         logger.error("synth: %s", err)

@@ -18,6 +18,7 @@ from monai.networks.layers import GaussianFilter
 from scipy import ndimage
 
 from fide import geometry
+from fide.prealign.search import rotation_angles_deg
 
 __all__ = [
     "Patch",
@@ -74,12 +75,21 @@ def collagen_patches(
     return patches
 
 
-def similarity_grid(scale_min: float, scale_max: float, angle_step_deg: float, scale_step: float) -> torch.Tensor:
-    """(B, 2, 2) linear parts ``s R(angle)`` of every rotation (full circle) and log-spaced scale of a grid."""
-    angles = torch.arange(0.0, 360.0, angle_step_deg) * math.pi / 180
+def similarity_grid(
+    scale_min: float,
+    scale_max: float,
+    angle_step_deg: float,
+    scale_step: float,
+    mirrors: Sequence[bool] = (False,),
+    max_rotation_deg: float = 180.0,
+) -> torch.Tensor:
+    """(B, 2, 2) linear parts ``s R(angle) M`` of a grid: rotations within ±``max_rotation_deg`` (the full circle
+    at 180), log-spaced scales, and each of ``mirrors`` (M flips the j axis where True)."""
+    angles = rotation_angles_deg(angle_step_deg, max_rotation_deg) * math.pi / 180
     scales = torch.exp(torch.arange(math.log(scale_min), math.log(scale_max) + 1e-9, math.log1p(scale_step)))
-    angle, scale = (t.flatten() for t in torch.meshgrid(angles, scales, indexing="ij"))
-    return geometry.similarity_matrix(angle, scale, torch.zeros(2), torch.zeros(2))[:, :2, :2]
+    flips = torch.tensor([bool(m) for m in mirrors])
+    angle, scale, flip = (t.flatten() for t in torch.meshgrid(angles, scales, flips.float(), indexing="ij"))
+    return geometry.similarity_matrix(angle, scale, torch.zeros(2), torch.zeros(2), flip > 0.5)[:, :2, :2]
 
 
 def box_px(patches: list[Patch], linear: torch.Tensor) -> int:

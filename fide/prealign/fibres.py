@@ -38,7 +38,7 @@ from fide.prealign.fibre_match import (
 )
 from fide.prealign.ransac import ransac_affine
 
-__all__ = ["FibreMatch", "refine_on_patches", "texture_score", "fibre_search"]
+__all__ = ["FibreMatch", "FibreTexture", "refine_on_patches", "texture_score", "fibre_search"]
 
 
 @dataclass
@@ -159,18 +159,65 @@ class FibreMatch:
 
     affine: torch.Tensor  # (3, 3) full resolution, fixed to moving
     texture_score: float  # the patches' mean NCC under ``affine`` at full resolution (see :func:`texture_score`)
-    grid_score: float  # the exhaustive grid's best consensus
-    runner_up: float  # the grid's best consensus at a pose far from the winner
+    grid_score: float  # the exhaustive grid's best consensus (nan when a hypothesis was confirmed)
+    runner_up: float  # the grid's best consensus at a pose far from the winner (nan likewise)
     current_score: float  # texture score of the ``current`` affine given to the search (nan when none was)
 
 
+class FibreTexture:
+    """The fibre texture of one pair at full resolution: scores and refines affines on it.
+
+    Band-passing both images and finding the patches costs more than scoring, so the level is built once per pair
+    and serves the fallback's last fit, its comparison with the current affine, the confidence and the last
+    precision step alike.
+
+    Args:
+        fixed: (1, 1, H, W) SHG intensity (log, normalised), full resolution.
+        moving: (1, 1, Hm, Wm) eosin intensity, full resolution.
+        cfg: bands and patch counts.
+    """
+
+    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, cfg: FibreConfig) -> None:
+        self.level = _level(fixed, moving, max(fixed.shape[-2:]), cfg.final_band_px, cfg.refine_patches, cfg)
+
+    @property
+    def has_patches(self) -> bool:
+        return bool(self.level.patches)
+
+    def score(self, affine: torch.Tensor) -> float:
+        """Mean NCC of the band-passed SHG patches and the eosin under a (3, 3) full-resolution affine, in [-1, 1]
+        (1 = identical texture; 0 when the SHG has no patch)."""
+        return _score(self.level, affine)
+
+    def contrast(self, affine: torch.Tensor, shift_px: float) -> float:
+        """How far the texture NCC at ``affine`` stands above its mean at the same pose shifted by ``shift_px``
+        (pixels at 834 px, fixed frame) in 8 directions. A true pose is a sharp peak (fibres decorrelate within a
+        few pixels, the shifted NCC is ~0 or negative); a wrong pose scores about what its neighbours score.
+        0 when the SHG has no patch."""
+        if not self.level.patches:
+            return 0.0
+        step = shift_px * self.level.length  # the level is the full-resolution grid
+        angles = torch.arange(8, dtype=affine.dtype, device=affine.device) * (torch.pi / 4)
+        offsets = torch.stack([angles.cos(), angles.sin()], 1) * step  # (8, 2) fixed-frame shifts
+        shifted = affine.expand(8, 3, 3).clone()
+        shifted[:, :2, 2] += offsets @ affine[:2, :2].T
+        around = sum(self.score(pose) for pose in shifted) / 8
+        return self.score(affine) - around
+
+    def refine(self, affine: torch.Tensor, iterations: int, learning_rate: float) -> tuple[torch.Tensor, float]:
+        """Adam on the texture at full resolution from a (3, 3) affine: the best affine seen and its score."""
+        if not self.level.patches:
+            return affine, 0.0
+        level = self.level
+        fitted, score = refine_on_patches(
+            level.fixed_band, level.moving_band, level.patches, level.down(affine), iterations, learning_rate
+        )
+        return level.up(fitted), score
+
+
 def texture_score(fixed: torch.Tensor, moving: torch.Tensor, affine: torch.Tensor, cfg: FibreConfig) -> float:
-    """Mean NCC of the band-passed SHG patches and the eosin under a full-resolution affine (1 = identical)."""
-    return _score(_final_level(fixed, moving, cfg), affine)
-
-
-def _final_level(fixed: torch.Tensor, moving: torch.Tensor, cfg: FibreConfig) -> _Level:
-    return _level(fixed, moving, max(fixed.shape[-2:]), cfg.final_band_px, cfg.refine_patches, cfg)
+    """:meth:`FibreTexture.score` of one affine (builds the level: use :class:`FibreTexture` for several)."""
+    return FibreTexture(fixed, moving, cfg).score(affine)
 
 
 def _score(level: _Level, affine: torch.Tensor) -> float:
@@ -179,38 +226,11 @@ def _score(level: _Level, affine: torch.Tensor) -> float:
     return refine_on_patches(level.fixed_band, level.moving_band, level.patches, level.down(affine), 0, 0.0)[1]
 
 
-def fibre_search(
-    fixed: torch.Tensor,
-    moving: torch.Tensor,
-    cfg: FibreConfig,
-    scale_range: tuple[float, float],
-    seed: int = 0,
-    current: torch.Tensor | None = None,
-) -> FibreMatch | None:
-    """The similarity on which the largest SHG collagen patches agree, confirmed and made affine by every patch.
-
-    Args:
-        fixed: (1, 1, H, W) SHG intensity (log, normalised), full resolution.
-        moving: (1, 1, Hm, Wm) eosin intensity, full resolution.
-        cfg: grid steps, sizes and bands.
-        scale_range: (min, max) isotropic scales searched, moving pixels per fixed pixel.
-        seed: seed of RANSAC's samples.
-        current: (3, 3) full-resolution affine to compare with: its :func:`texture_score` comes with the match,
-            taken on the same full-resolution level.
-
-    Returns:
-        The match, or None when the SHG has fewer than two patches (nothing to agree on) or too few patches confirm
-        the voted pose.
-    """
-    coarse = _level(fixed, moving, cfg.size_px, cfg.band_px, cfg.patches, cfg)
-    if len(coarse.patches) < 2:
-        return None
-    linear = similarity_grid(*scale_range, cfg.angle_step_deg, cfg.scale_step).to(fixed)
-    grid_score, best, runner_up = _best_pose(coarse, linear, cfg.batch, cfg.pool_px)
-    affine = coarse.up(best)
-    # every patch finds its own position near the voted pose; an affine through the consistent ones (RANSAC) adds
-    # the shear and anisotropy a similarity lacks. Fewer than min_inliers agreeing: the vote was not confirmed.
-    fine = _level(fixed, moving, cfg.refine_size_px, cfg.band_px, cfg.refine_patches, cfg)
+def _confirm(fine: _Level, affine: torch.Tensor, cfg: FibreConfig, seed: int) -> tuple[torch.Tensor, int] | None:
+    """Every patch finds its own position near a full-resolution pose; an affine through the consistent ones
+    (RANSAC) adds the shear and anisotropy a similarity lacks. Returns it (full resolution) with its inlier count,
+    or None when fewer than ``min_inliers`` agree (the pose is not confirmed)."""
+    count = 0
     for window in (cfg.locate_window_px, cfg.locate_window_px / 3):
         window_px = max(2, round(window * fine.length))
         centres, positions, _ = locate_patches(
@@ -220,13 +240,86 @@ def fibre_search(
         fitted, inliers = ransac_affine(
             centres, positions, threshold_px=threshold_px, iterations=cfg.ransac_iterations, seed=seed
         )
-        if int(inliers.sum()) < cfg.min_inliers:
+        count = int(inliers.sum())
+        if count < cfg.min_inliers:
             return None
         affine = fine.up(fitted)
-    # continuous fits on the texture: at the fine level, then the finest texture at full resolution
+    return affine, count
+
+
+def fibre_search(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    cfg: FibreConfig,
+    scale_range: tuple[float, float],
+    seed: int = 0,
+    current: torch.Tensor | None = None,
+    *,
+    texture: FibreTexture | None = None,
+    hypotheses: Sequence[torch.Tensor] = (),
+    grid: bool = True,
+    mirrors: Sequence[bool] = (False,),
+    max_rotation_deg: float = 180.0,
+) -> FibreMatch | None:
+    """The pose that the SHG collagen patches confirm, made affine by every patch and fitted to their texture.
+
+    Poses come first from ``hypotheses`` (e.g. the global search's candidates: checking one costs one FFT per
+    patch), the one most patches agree on winning, kept if its fitted texture NCC reaches ``cfg.verify_below``;
+    otherwise, where ``grid`` is set, from the exhaustive similarity grid on which the largest patches vote.
+
+    Args:
+        fixed: (1, 1, H, W) SHG intensity (log, normalised), full resolution.
+        moving: (1, 1, Hm, Wm) eosin intensity, full resolution.
+        cfg: grid steps, sizes and bands.
+        scale_range: (min, max) isotropic scales searched, moving pixels per fixed pixel.
+        seed: seed of RANSAC's samples.
+        current: (3, 3) full-resolution affine to compare with: its :func:`texture_score` comes with the match,
+            taken on the same full-resolution level.
+        texture: the pair's full-resolution :class:`FibreTexture` (built here when None).
+        hypotheses: (3, 3) full-resolution poses to confirm before any grid search.
+        grid: search the similarity grid when no hypothesis is confirmed.
+        mirrors: which of unmirrored (False) and mirrored (True) poses the grid holds.
+        max_rotation_deg: rotations of the grid are limited to ±this.
+
+    Returns:
+        The match, or None when the SHG has fewer than two patches (nothing to agree on) or too few patches confirm
+        any pose.
+    """
+    fine = _level(fixed, moving, cfg.refine_size_px, cfg.band_px, cfg.refine_patches, cfg)
+    if len(fine.patches) < 2:
+        return None
+    texture = texture or FibreTexture(fixed, moving, cfg)
+    current_score = texture.score(current) if current is not None else float("nan")
+    confirmed = None
+    for hypothesis in hypotheses:
+        found = _confirm(fine, hypothesis, cfg, seed)
+        if found is not None and (confirmed is None or found[1] > confirmed[1]):
+            confirmed = found
+    if confirmed is not None:
+        affine, score = _fit_texture(fine, texture, confirmed[0], cfg)
+        # a few patches can agree near a wrong hypothesis by chance in dense texture; its fit stays weak
+        if score >= cfg.verify_below:
+            return FibreMatch(affine, score, float("nan"), float("nan"), current_score)
+    if not grid:
+        return None
+    coarse = _level(fixed, moving, cfg.size_px, cfg.band_px, cfg.patches, cfg)
+    if len(coarse.patches) < 2:
+        return None
+    linear = similarity_grid(*scale_range, cfg.angle_step_deg, cfg.scale_step, mirrors, max_rotation_deg)
+    grid_score, best, runner_up = _best_pose(coarse, linear.to(fixed), cfg.batch, cfg.pool_px)
+    confirmed = _confirm(fine, coarse.up(best), cfg, seed)
+    if confirmed is None:
+        return None
+    affine, score = _fit_texture(fine, texture, confirmed[0], cfg)
+    return FibreMatch(affine, score, grid_score, runner_up, current_score)
+
+
+def _fit_texture(
+    fine: _Level, texture: FibreTexture, affine: torch.Tensor, cfg: FibreConfig
+) -> tuple[torch.Tensor, float]:
+    """Continuous fits on the texture: at the fine level, then the finest texture at full resolution."""
     score = 0.0
-    final = _final_level(fixed, moving, cfg)
-    for level in (fine, final):
+    for level in (fine, texture.level):
         fitted, score = refine_on_patches(
             level.fixed_band,
             level.moving_band,
@@ -236,5 +329,4 @@ def fibre_search(
             cfg.refine_learning_rate,
         )
         affine = level.up(fitted)
-    current_score = _score(final, current) if current is not None else float("nan")
-    return FibreMatch(affine, score, grid_score, runner_up, current_score)
+    return affine, score

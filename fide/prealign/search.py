@@ -16,10 +16,37 @@ import torch
 import torch.nn.functional as F
 
 from fide import geometry
-from fide.config import SearchConfig
+from fide.config import MIRROR_CHOICES, SearchConfig
 from fide.features import kmeans_labels, one_hot_labels
 
-__all__ = ["Candidate", "cross_mutual_information", "search_similarity"]
+__all__ = ["Candidate", "cross_mutual_information", "search_similarity", "rotation_angles_deg", "search_mirrors"]
+
+
+def search_mirrors(mirror: str) -> tuple[bool, ...]:
+    """Which poses a search holds for ``SearchConfig.mirror``: "auto" both, "never" unmirrored, "always" mirrored.
+
+    Raises:
+        ValueError: any other value (the valid ones are listed).
+    """
+    options = dict(zip(MIRROR_CHOICES, [(False, True), (False,), (True,)]))
+    if mirror not in options:
+        raise ValueError(f"search.mirror must be one of {list(MIRROR_CHOICES)}, got {mirror!r}")
+    return options[mirror]
+
+
+def rotation_angles_deg(step_deg: float, max_rotation_deg: float = 180.0) -> torch.Tensor:
+    """Angles of a rotation grid, degrees: the full circle ``[-180, 180)`` when ``max_rotation_deg >= 180``, else
+    ``0, ±step, ±2 step, ...`` up to ±``max_rotation_deg`` (the grid always holds the identity).
+
+    Raises:
+        ValueError: ``step_deg`` <= 0 or ``max_rotation_deg`` < 0.
+    """
+    if step_deg <= 0 or max_rotation_deg < 0:
+        raise ValueError(f"need step_deg > 0 and max_rotation_deg >= 0, got {step_deg} and {max_rotation_deg}")
+    if max_rotation_deg >= 180:
+        return torch.arange(-180.0, 180.0, step_deg)
+    count = int(math.floor(max_rotation_deg / step_deg + 1e-9))
+    return torch.arange(-count, count + 1, dtype=torch.float32) * step_deg
 
 
 @dataclass
@@ -233,9 +260,9 @@ def _distinct(grid: torch.Tensor, scores: torch.Tensor, top_k: int, min_angle_de
 
 
 def _coarse_candidates(level: _Level, fine: _Level, centres, cfg: SearchConfig) -> list[Candidate]:
-    angles = torch.arange(-180.0, 180.0, cfg.angle_step_deg).tolist()
+    angles = rotation_angles_deg(cfg.angle_step_deg, cfg.max_rotation_deg).tolist()
     scales = torch.logspace(math.log10(cfg.scale_min), math.log10(cfg.scale_max), cfg.scale_steps).tolist()
-    mirrors = (False, True) if cfg.mirror else (False,)
+    mirrors = search_mirrors(cfg.mirror)
     affines, grid = _candidate_affines(level, centres, angles, scales, mirrors)
     max_shift = max(2, round(cfg.max_shift * max(level.fixed.shape[-2:])))
     scores, shifts = _score_candidates(level, affines, max_shift, cfg.min_overlap, cfg.batch)

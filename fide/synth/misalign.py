@@ -96,6 +96,17 @@ class Misalignment:
         """
         return _dense(self.moving_to_fixed, shape)
 
+    def cropped(self, offset: float) -> Misalignment:
+        """The same map between windows cut at ``offset`` pixels along both axes of both images.
+
+        Window coordinates are ``p' = p - offset``, so ``A' = T(-offset) A T(offset)`` and the bumps move by
+        ``-offset``; ``S'(q') = S(q' + offset) - offset`` exactly.
+        """
+        shift = np.eye(3)
+        shift[:2, 2] = offset
+        affine = np.linalg.inv(shift) @ self.affine @ shift
+        return Misalignment(affine, self.centres - offset, self.amplitudes, self.sigma, dict(self.params))
+
 
 def _dense(mapping, shape: tuple[int, int], spacing: float = 4.0) -> np.ndarray:
     """``mapping(p) - p`` (2, H, W) float64 for every pixel: exact on nodes ``spacing`` px apart, bilinear between."""
@@ -117,12 +128,14 @@ def random_misalignment(
     anisotropy: float = 1.05,
     shift_frac: float = 0.10,
     warp_px: float = 4.0,
+    mirror: bool = False,
 ) -> Misalignment:
     """Draw a fixed→moving affine about the image centre and a smooth warp of a few pixels.
 
     ``A = T(c + t) R(θ) diag(s·√a, s/√a) [[1, k], [0, 1]] T(-c)``: θ uniform in ±``rotation_deg``, s uniform in
     ``scale_range`` (moving pixels per fixed pixel), anisotropy ratio a in [1, ``anisotropy``], shear k in ±``shear``,
-    shift t uniform in ±``shift_frac``·size per axis.
+    shift t uniform in ±``shift_frac``·size per axis; ``mirror`` appends a left-right flip ``diag(1, -1)`` (the
+    slide was mirrored, det A < 0). ``mirror`` draws no random number, so unmirrored draws are unchanged.
 
     Args:
         size: image side, pixels (fixed and moving grids are size × size).
@@ -145,6 +158,8 @@ def random_misalignment(
     centre = np.full(2, (size - 1) / 2)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     linear = rot @ np.diag([scale * np.sqrt(ratio), scale / np.sqrt(ratio)]) @ np.array([[1.0, k], [0.0, 1.0]])
+    if mirror:
+        linear = linear @ np.diag([1.0, -1.0])
     affine = np.eye(3)
     affine[:2, :2] = linear
     affine[:2, 2] = centre + shift - linear @ centre
@@ -165,6 +180,7 @@ def random_misalignment(
         "shear": float(k),
         "shift_px": shift.tolist(),
         "warp_max_px": float(target),
+        "mirrored": bool(mirror),
     }
     return Misalignment(affine, centres, amplitudes, float(sigma), params)
 

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fide.config import REFERENCE_SIDE_PX
 from fide.io import atomic_path, write_disp, write_landmarks, write_nifti
 
 from .misalign import pick_landmarks, random_misalignment, warp_to_moving
+from .regimes import adjust_contrast, look_up_regime, upsampling_blur
 from .tissue import make_aligned_pair
 
 __all__ = ["make_task", "make_pair", "write_image"]
@@ -56,8 +58,13 @@ def make_pair(
     seed: int,
     *,
     scale_range: tuple[float, float] = (0.85, 1.15),
+    regime: str = "core",
 ) -> dict:
     """Generate pair ``index`` of ``split`` ("train", "val" or "test"); deterministic in (seed, split, index).
+
+    Args:
+        regime: a key of :data:`fide.synth.regimes.REGIMES` (how the bright field is moved, cut and exported);
+            ``scale_range`` applies where the regime does not fix the scale.
 
     Returns:
         dict with ``fixed`` (1, H, W) uint8 SHG, ``moving`` (3, H, W) uint8 BF, and for "val"/"test" also
@@ -66,23 +73,59 @@ def make_pair(
     """
     if split not in _SPLIT_STREAM:
         raise ValueError(f"split must be one of {sorted(_SPLIT_STREAM)}, got {split!r}")
-    tissue_rng, align_rng = (np.random.default_rng([seed, _SPLIT_STREAM[split], index, k]) for k in (0, 1))
-    shg, bf, info = make_aligned_pair(size, tissue_rng)
+    setting = look_up_regime(regime)
+    tissue_rng, align_rng, effects_rng = (
+        np.random.default_rng([seed, _SPLIT_STREAM[split], index, k]) for k in range(3)
+    )
+    if split == "train" or not setting.patch:
+        view = size
+        shg, bf, info = make_aligned_pair(size, tissue_rng)
+    else:  # a larger field of view at this size's length scale; its centre is cut out after the move
+        view = size + 2 * round((setting.patch_margin - 1) * size / 2)
+        shg, bf, info = make_aligned_pair(view, tissue_rng, length_scale=size / REFERENCE_SIDE_PX)
     pair: dict = {"fixed": shg, "moving": bf, "tissue": info}
     if split == "train":
         return pair
-    mis = random_misalignment(size, align_rng, scale_range=scale_range)
-    fill = 255.0 if align_rng.random() < 0.8 else 0.0  # corners: mostly white, sometimes black
+    mis = random_misalignment(
+        view,
+        align_rng,
+        rotation_deg=setting.rotation_deg,
+        scale_range=setting.scale_range or scale_range,
+        shear=setting.shear,
+        anisotropy=setting.anisotropy,
+        shift_frac=setting.shift_frac * size / view,
+        warp_px=4.0 * size / view,
+        mirror=setting.mirror,
+    )
+    fill = 255.0 if align_rng.random() < 1 - setting.black_fill_prob else 0.0  # corners: mostly white
     stack = np.concatenate([bf.astype(np.float32), info.tissue[None], info.landmark_map[None]])
     moved = warp_to_moving(stack, mis, fill=(fill, fill, fill, 0.0, 0.0))
-    fixed_pts, moving_pts = pick_landmarks(moved[4], moved[3], info.tissue, mis, align_rng)
+    tissue = info.tissue
+    if view != size:
+        offset = (view - size) // 2
+        window = (slice(None), slice(offset, offset + size), slice(offset, offset + size))
+        shg, moved, tissue = shg[window], moved[window], tissue[window[1:]]
+        mis = mis.cropped(float(offset))
+    fixed_pts, moving_pts = pick_landmarks(moved[4], moved[3], tissue, mis, align_rng)
+    moving = np.clip(np.rint(moved[:3]), 0, 255).astype(np.uint8)
+    effects = []
+    if setting.contrast_prob and effects_rng.random() < setting.contrast_prob:
+        shg = adjust_contrast(shg, effects_rng)
+        effects.append("contrast")
+    if setting.blur_prob and effects_rng.random() < setting.blur_prob:
+        if effects_rng.random() < 0.5:
+            shg, effects = upsampling_blur(shg, effects_rng), [*effects, "blur-fixed"]
+        else:
+            moving, effects = upsampling_blur(moving, effects_rng), [*effects, "blur-moving"]
     pair.update(
-        moving=np.clip(np.rint(moved[:3]), 0, 255).astype(np.uint8),
+        fixed=np.ascontiguousarray(shg),
+        moving=moving,
         misalignment=mis,
         fixed_points=fixed_pts,
         moving_points=moving_pts,
         disp=mis.disp_fixed_to_moving((size, size)),
         fill=fill,
+        effects=effects,
     )
     return pair
 
@@ -152,6 +195,7 @@ def make_task(
     test_pairs: int = 0,
     name: str = "SYNTHSHGBF",
     scale_range: tuple[float, float] = (0.85, 1.15),
+    regime: str = "core",
 ) -> Path:
     """Write a synthetic SHG/BF Learn2Reg task folder.
 
@@ -164,6 +208,7 @@ def make_task(
         test_pairs: number of misaligned ``registration_test`` pairs without landmarks.
         name: task name and file prefix.
         scale_range: (low, high) isotropic scale of the val/test affines, moving pixels per fixed pixel.
+        regime: acquisition regime of the val/test pairs, a key of :data:`fide.synth.regimes.REGIMES`.
 
     Returns:
         Path of ``<out_dir>/<name>_dataset.json``.
@@ -177,6 +222,7 @@ def make_task(
         raise ValueError(f"at most 9999 cases fit the 4-digit case ids, got {pairs + train_pairs + test_pairs}")
     if not name or "_" in name or "/" in name:
         raise ValueError(f"name must be non-empty without '_' or '/', got {name!r}")
+    look_up_regime(regime)  # an unknown regime fails before anything is written
     out = Path(out_dir)
     counts = {"train": train_pairs, "val": pairs, "test": test_pairs}
     cases: dict[str, list[str]] = {}
@@ -188,13 +234,13 @@ def make_task(
             case = f"{next_case:04d}"
             next_case += 1
             cases[split].append(case)
-            pair = make_pair(split, index, size, seed, scale_range=scale_range)
+            pair = make_pair(split, index, size, seed, scale_range=scale_range, regime=regime)
             write_image(out / "imagesTr" / f"{name}_{case}_0000.nii.gz", pair["fixed"])
             write_image(out / "imagesTr" / f"{name}_{case}_0001.nii.gz", pair["moving"])
             if split != "train":
                 mis = pair["misalignment"]
                 transforms[case] = {"split": split, "affine_fixed_to_moving": mis.affine.tolist(), **mis.params}
-                transforms[case]["corner_fill"] = pair["fill"]
+                transforms[case].update(corner_fill=pair["fill"], regime=regime, effects=pair["effects"])
             if split == "val":
                 write_landmarks(out / "landmarksTr" / f"{name}_{case}_0000.csv", pair["fixed_points"])
                 write_landmarks(out / "landmarksTr" / f"{name}_{case}_0001.csv", pair["moving_points"])

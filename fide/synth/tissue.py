@@ -372,19 +372,23 @@ def _render_shg(tissue, col, nuclei, fat_in, f, rng, params) -> np.ndarray:
     return np.clip(np.round(noisy), 0, 255).astype(np.uint8)[None]
 
 
-def make_aligned_pair(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, TissueInfo]:
+def make_aligned_pair(
+    size: int, rng: np.random.Generator, *, length_scale: float | None = None
+) -> tuple[np.ndarray, np.ndarray, TissueInfo]:
     """Render one synthetic TMA core in both modalities, perfectly aligned.
 
     Args:
         size: image side, pixels (challenge: 834; at least 32).
         rng: the generator every random choice is drawn from (same state, same images).
+        length_scale: pixels per pixel of an 834 px image (fibre widths, texture scales); ``size / 834`` when None.
+            A larger field of view at the scale of a smaller image (``patch`` regimes) passes that image's scale.
 
     Returns:
         shg (1, H, W) uint8, bf (3, H, W) uint8 RGB, and a :class:`TissueInfo` on the same grid.
     """
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
-    f = size / REFERENCE_SIZE
+    f = size / REFERENCE_SIZE if length_scale is None else length_scale
     params: dict = {}
     tissue = _core_mask(size, f, rng, params)
     col = _collagen(size, f, tissue, rng, params)
