@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from fide.config import STAGES, FideConfig, config_from_dict
+from fide.config import MIRROR_CHOICES, STAGES, FideConfig, SearchConfig, config_from_dict
 from fide.features import ModalityEncoders
 from fide.features.select import resolve_encoders
 from fide.io import Pair, load_dataset
@@ -41,6 +42,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="JSON file with (part of) the FideConfig tree")
     parser.add_argument("--stages", choices=STAGES, help="last pipeline stage to run (ablations)")
     parser.add_argument("--features", choices=["auto", "learned", "handcrafted"], help="features for matching and LNCC")
+    parser.add_argument(
+        "--max-rotation",
+        type=float,
+        metavar="DEG",
+        help="search rotations within ±DEG only (default 180: any; the challenge's pairs: 20)",
+    )
+    parser.add_argument(
+        "--mirror",
+        choices=list(MIRROR_CHOICES),
+        help="mirrored slides: auto (default: search both), never, always (every slide is mirrored)",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +68,14 @@ def config_from_args(args: argparse.Namespace) -> FideConfig:
         cfg.stages = args.stages
     if args.features:
         cfg.encoder.features = args.features
+    if getattr(args, "max_rotation", None) is not None or getattr(args, "mirror", None):
+        search = dataclasses.asdict(cfg.search)
+        search["max_rotation_deg"] = search["max_rotation_deg"] if args.max_rotation is None else args.max_rotation
+        search["mirror"] = args.mirror or search["mirror"]
+        try:
+            cfg.search = SearchConfig(**search)  # validated like a config file
+        except ValueError as err:
+            raise SystemExit(f"fide: {err}") from None
     cfg.seed = args.seed
     return cfg
 
