@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,9 @@ def _parse_pair(path: Path, root: Path, key: str, index: int, entry: object, che
             raise DatasetError(f"{where}.{role} must be a path string, got {value!r}")
     files = {}
     for role in ("fixed", "moving"):
+        # lexically, so a symlinked images folder stays allowed; ".." out of the task folder does not
+        if ".." in Path(os.path.normpath(entry[role])).parts or Path(entry[role]).is_absolute():
+            raise DatasetError(f"{where}.{role}: {entry[role]!r} leaves the task folder {root}")
         file = (root / entry[role]).resolve()
         if check_files and not file.is_file():
             raise DatasetError(f"{where}.{role} names a missing file: {file}")
@@ -116,8 +120,9 @@ def load_dataset(path: str | Path, *, check_files: bool = True) -> Dataset:
     kept in ``raw`` and otherwise ignored.
 
     Raises:
-        DatasetError: unreadable JSON, a pair list that is not a list, a pair without both paths, or a pair naming a
-            missing file (when ``check_files``). The message names the descriptor and the key.
+        DatasetError: unreadable JSON, a pair list that is not a list, a pair without both paths, a path that
+            leaves the descriptor's folder (absolute or through ``..``), or a pair naming a missing file (when
+            ``check_files``). The message names the descriptor and the key.
     """
     path = Path(path).resolve()
     try:
