@@ -9,6 +9,11 @@
   without one it is recorded as ``skipped``. Pairs that failed earlier are retried. The default recomputes all.
 * **Sharding.** ``shard=(I, N)`` processes ``pairs[I::N]`` (descriptor order, round robin) and writes its table to
   ``results.shard-I-of-N.csv`` so that shards never share a file; :func:`merge_results` joins them.
+* **Bad input** fails its pair before any registration work, with one line naming the file: unreadable images,
+  images with nothing to register (:mod:`fide.preprocess.signal`), or too large for the memory left
+  (:func:`check_memory`). Exceptions fide does not raise itself are reported as internal errors.
+* **Jobs.** ``jobs=N`` registers in N worker processes (:mod:`fide.workers`); the table, resume and the fields
+  stay those of a single process.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from tqdm import tqdm
 from fide.config import FideConfig
 from fide.features import ModalityEncoders
 from fide.io import DatasetError, Pair, atomic_path, read_disp, read_image, write_disp
+from fide.io.dataset import unique_pairs
 from fide.pipeline import FeatureFn, RegistrationResult, register_pair
 from fide.preprocess.signal import check_pair_signal
 from fide.resources import available_cpus, available_memory_bytes, configure_threads, estimate_pair_memory_bytes
@@ -278,29 +284,6 @@ def process_pair(task: PairTask) -> tuple[PairOutcome, RegistrationResult | None
         return PairOutcome(pair.name, "failed", time.perf_counter() - start, float("nan"), reason), None
 
 
-def _unique_pairs(pairs: list[Pair]) -> list[Pair]:
-    """``pairs`` with repeated entries dropped (logged); two different pairs that would share a field are an error.
-
-    Raises:
-        DatasetError: two entries with different files map to the same ``disp_*.nii.gz``.
-    """
-    seen: dict[str, Pair] = {}
-    unique = []
-    for pair in pairs:
-        earlier = seen.get(pair.disp_name)
-        if earlier is None:
-            seen[pair.disp_name] = pair
-            unique.append(pair)
-        elif (earlier.fixed, earlier.moving) == (pair.fixed, pair.moving):
-            logger.warning("%s: listed more than once; registered once", pair.name)
-        else:
-            raise DatasetError(
-                f"{pair.fixed}: pairs {earlier.name} ({earlier.fixed.parent.name}/) and {pair.name} "
-                f"({pair.fixed.parent.name}/) would both write {pair.disp_name}; rename one"
-            )
-    return unique
-
-
 def _check_writable(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -362,7 +345,7 @@ def register_pairs(
         raise ValueError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
     if shard is not None:
         pairs = select_shard(pairs, *shard)
-    pairs = _unique_pairs(list(pairs))
+    pairs = unique_pairs(list(pairs))
     output = Path(output)
     _check_writable(output)
     table_path = output / results_name(shard)

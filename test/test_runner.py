@@ -412,3 +412,72 @@ def test_images_too_large_for_the_memory_fail_with_the_estimate(task, tmp_path, 
         f"{pairs[0].fixed}: registering this pair needs about 0.5 GiB (fixed 64 x 64, moving 64 x 64 px), "
         "only 0.3 GiB available"
     )
+
+
+# ---- --jobs: worker processes, same table and fields ----
+
+
+def test_jobs_give_bit_identical_fields_and_the_same_table(tiny_task, tmp_path):
+    """A real (fast) registration in 2 worker processes equals the single-process run, field for field."""
+    pairs = _pairs(tiny_task)
+    cfg = config_from_dict(FAST_CONFIG)
+    single = register_pairs(pairs, tmp_path / "one", cfg, threads=1)
+    seen = []
+    jobs = register_pairs(pairs, tmp_path / "two", cfg, jobs=2, threads=2, on_result=lambda p, r: seen.append(p))
+    assert jobs["pair"].tolist() == single["pair"].tolist() == [p.name for p in pairs]
+    assert jobs["status"].tolist() == single["status"].tolist()
+    assert jobs["quality"].tolist() == single["quality"].tolist()
+    assert sorted(p.name for p in seen) == sorted(p.name for p in pairs)  # callbacks run in the parent
+    for pair in pairs:
+        assert torch.equal(read_disp(tmp_path / "one" / pair.disp_name), read_disp(tmp_path / "two" / pair.disp_name))
+    assert _table(tmp_path / "two")["status"].tolist() == jobs["status"].tolist()
+
+
+def test_register_cli_jobs_isolate_failures_and_resume(task, tmp_path):
+    pairs, out = _pairs(task), tmp_path / "out"
+    pairs[2].moving.unlink()
+    args = ["register", str(task), "-o", str(out), "--method", "zero"]
+    assert main([*args, "--jobs", "2", "--threads", "2"]) == 1  # one pair failed, in a worker; the others went on
+    table = _table(out)
+    assert table["status"].tolist() == ["ok", "ok", "failed", "ok"] and "not found" in table["message"].iloc[2]
+    stamp = os.stat(out / pairs[0].disp_name).st_mtime_ns
+    assert main([*args, "--threads", "1"]) == 1  # a rerun resumes the workers' output: only the failed pair again
+    assert os.stat(out / pairs[0].disp_name).st_mtime_ns == stamp
+    for bad in (["--jobs", "0"], ["--threads", "x"]):
+        with pytest.raises(SystemExit):
+            main([*args, *bad])
+
+
+def test_out_of_memory_is_named_as_such(task, tmp_path, monkeypatch):
+    def hungry(fixed, moving, *rest):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 9 bytes")
+
+    monkeypatch.setitem(METHODS, "hungry", hungry)
+    table = register_pairs(_pairs(task)[:1], tmp_path / "out", FideConfig(), method="hungry")
+    assert table["message"][0].startswith("out of memory while registering (")
+
+
+def test_results_table_that_cannot_be_written_stops_the_run_with_its_name(task, tmp_path, monkeypatch):
+    import fide.runner as runner
+
+    def full(table, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "_write_table", full)
+    with pytest.raises(DatasetError, match=r"results.csv: cannot write the results table \(No space left on device\)"):
+        register_pairs(_pairs(task)[:1], tmp_path / "out", FideConfig(), method="zero")
+
+
+def crash_in_worker(fixed, moving):
+    """A feature extractor that kills its process, as the kernel's out-of-memory killer would."""
+    os._exit(9)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_its_pair_and_the_run_goes_on(tiny_task, tmp_path):
+    pairs = _pairs(tiny_task)
+    cfg = config_from_dict(FAST_CONFIG)
+    table = register_pairs(pairs, tmp_path / "out", cfg, jobs=2, threads=2, features=crash_in_worker)
+    assert table["status"].tolist() == ["failed"] * len(pairs)
+    assert all("worker process ended abruptly" in m for m in table["message"])
+    assert all((tmp_path / "out" / p.disp_name).is_file() for p in pairs)  # identity fields
