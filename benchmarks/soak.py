@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's fide, not an installed one
 logger = logging.getLogger("soak")
 
 
