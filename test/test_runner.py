@@ -1,5 +1,6 @@
 """fide.runner: failure isolation, resume, sharding, determinism, and ``fide register`` around it."""
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -417,32 +418,27 @@ def test_images_too_large_for_the_memory_fail_with_the_estimate(task, tmp_path, 
 # ---- --jobs: worker processes, same table and fields ----
 
 
-def test_jobs_give_bit_identical_fields_and_the_same_table(tiny_task, tmp_path):
-    """A real (fast) registration in 2 worker processes equals the single-process run, field for field."""
-    pairs = _pairs(tiny_task)
-    cfg = config_from_dict(FAST_CONFIG)
-    single = register_pairs(pairs, tmp_path / "one", cfg, threads=1)
-    seen = []
-    jobs = register_pairs(pairs, tmp_path / "two", cfg, jobs=2, threads=2, on_result=lambda p, r: seen.append(p))
-    assert jobs["pair"].tolist() == single["pair"].tolist() == [p.name for p in pairs]
-    assert jobs["status"].tolist() == single["status"].tolist()
-    assert jobs["quality"].tolist() == single["quality"].tolist()
-    assert sorted(p.name for p in seen) == sorted(p.name for p in pairs)  # callbacks run in the parent
+def test_jobs_give_bit_identical_fields_the_same_table_and_resume(task, tmp_path):
+    """``fide register --jobs 2`` (a real, fast registration in 2 worker processes of 1 thread) against one process
+    of 1 thread: the same fields bit for bit, the same table; a pair failing in a worker fails alone; a rerun
+    resumes the workers' output."""
+    pairs = _pairs(task)
+    pairs[2].moving.unlink()
+    config = tmp_path / "fast.json"
+    config.write_text(json.dumps(FAST_CONFIG))
+    single = register_pairs(pairs, tmp_path / "one", config_from_dict(FAST_CONFIG), threads=1)
+    args = ["register", str(task), "-o", str(tmp_path / "two"), "--config", str(config), "--seed", "0"]
+    assert main([*args, "--jobs", "2", "--threads", "2"]) == 1  # exit 1: a pair failed
+    jobs = _table(tmp_path / "two")
+    assert jobs.index.tolist() == single["pair"].tolist() == [p.name for p in pairs]
+    assert jobs["status"].tolist() == single["status"].tolist() and jobs["status"].iloc[2] == "failed"
+    assert "not found" in jobs["message"].iloc[2]
+    assert jobs["quality"].tolist() == _table(tmp_path / "one")["quality"].tolist()  # as written, 4 decimals
     for pair in pairs:
         assert torch.equal(read_disp(tmp_path / "one" / pair.disp_name), read_disp(tmp_path / "two" / pair.disp_name))
-    assert _table(tmp_path / "two")["status"].tolist() == jobs["status"].tolist()
-
-
-def test_register_cli_jobs_isolate_failures_and_resume(task, tmp_path):
-    pairs, out = _pairs(task), tmp_path / "out"
-    pairs[2].moving.unlink()
-    args = ["register", str(task), "-o", str(out), "--method", "zero"]
-    assert main([*args, "--jobs", "2", "--threads", "2"]) == 1  # one pair failed, in a worker; the others went on
-    table = _table(out)
-    assert table["status"].tolist() == ["ok", "ok", "failed", "ok"] and "not found" in table["message"].iloc[2]
-    stamp = os.stat(out / pairs[0].disp_name).st_mtime_ns
-    assert main([*args, "--threads", "1"]) == 1  # a rerun resumes the workers' output: only the failed pair again
-    assert os.stat(out / pairs[0].disp_name).st_mtime_ns == stamp
+    stamp = os.stat(tmp_path / "two" / pairs[0].disp_name).st_mtime_ns
+    assert main([*args, "--threads", "1"]) == 1  # resumes: only the failed pair is tried again
+    assert os.stat(tmp_path / "two" / pairs[0].disp_name).st_mtime_ns == stamp
     for bad in (["--jobs", "0"], ["--threads", "x"]):
         with pytest.raises(SystemExit):
             main([*args, *bad])
