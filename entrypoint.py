@@ -3,13 +3,15 @@
 
     python entrypoint.py [--input /input] [--output /output] [--dataset PATH] [--split val|test]
                          [--device auto|cpu|cuda] [--seed N] [--shard I/N] [--force] [--qc]
+                         [--threads N] [--jobs N]
 
 Finds the one ``*_dataset.json`` under ``--input`` (or takes ``--dataset``), registers ``registration_test`` when it
 lists pairs (else ``registration_val``) and writes ``disp_*.nii.gz`` and ``results.csv`` to ``--output``. Nothing is
 ever written under the input. Exit status: 0 when the descriptor was usable (failed pairs are recorded in
 ``results.csv`` with identity fields; a missing or corrupt image fails its pair only), 2 when the descriptor is
-missing, ambiguous or unusable. ``--shard``, ``--force`` and ``--qc`` are those of ``fide register`` (valid fields
-already in the output are kept unless ``--force``).
+missing, ambiguous or unusable. ``--shard``, ``--force``, ``--qc``, ``--threads`` and ``--jobs`` are those of
+``fide register`` (valid fields already in the output are kept unless ``--force``; the default thread count is the
+container's CPU quota, not the host's core count).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fide.cli.register import add_run_arguments, register_with_run_options
 from fide.config import FideConfig
 from fide.features.select import resolve_encoders
 from fide.io import DatasetError, load_dataset
+from fide.resources import configure_threads
 
 logger = logging.getLogger("fide.entrypoint")
 
@@ -62,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         input_root = args.input.resolve()
         if args.output.resolve() == input_root or input_root in args.output.resolve().parents:
             raise DatasetError(f"{args.output}: output must not lie under the input folder {input_root}")
+        threads = configure_threads(args.threads)  # the container's CPU quota, not the host's core count
         seed_everything(args.seed)
         cfg = FideConfig(seed=args.seed)
         device = select_device(args.device)
-        logger.info("%s: registering %d %s pairs on %s", dataset.name, len(pairs), split, device)
+        logger.info("%s: registering %d %s pairs on %s, %d threads", dataset.name, len(pairs), split, device, threads)
         table = register_with_run_options(pairs, args, cfg, device, resolve_encoders(cfg.encoder, device))
     except DatasetError as err:
         logger.error("%s", err)

@@ -47,6 +47,8 @@ class PreprocessConfig:
     bf_max_saturation: float = 50 / 255  # code: background = unsaturated and bright (HSV inRange 0..50, 132..255)
     bf_min_value: float = 132 / 255
     bf_fill_value: float = 40 / 255  # fide: unsaturated and this dark is black corner fill, not tissue
+    min_side_px: int = 16  # fide: smaller images are refused before registration (fide.preprocess.signal)
+    min_signal_fraction: float = 0.02  # fide: SHG footprint / BF tissue below this is "no signal" (real SHG >= 0.15)
 
 
 @dataclass

@@ -152,3 +152,24 @@ def test_fide_rows_pass_their_configuration(name, stages, deformable, monkeypatc
     monkeypatch.setattr(methods, "register_pairs", fake_register_pairs)
     methods.METHODS[name].run([], tmp_path, methods.RunOptions(features="handcrafted"))
     assert seen["cfg"].stages == stages and seen["cfg"].deformable.enabled is deformable
+
+
+def test_soak_task_gives_every_listed_pair_its_own_case(tmp_path):
+    """benchmarks/soak.py: N listed pairs over D distinct images stay N separate pairs (not deduplicated)."""
+    import soak
+
+    from fide.io import load_dataset
+    from fide.io.dataset import unique_pairs
+
+    descriptor = soak._long_task(tmp_path / "cache", tmp_path / "task", pairs=5, distinct=2, size=32)
+    pairs = load_dataset(descriptor).split("val")
+    assert len(unique_pairs(pairs)) == 5 and len({p.disp_name for p in pairs}) == 5
+
+
+def test_concurrency_children_get_fides_own_thread_defaults(monkeypatch):
+    import concurrency
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert not {"OMP_NUM_THREADS", "OMP_WAIT_POLICY"} & set(concurrency._environment("default"))
+    assert concurrency._environment("active")["OMP_WAIT_POLICY"] == "ACTIVE"

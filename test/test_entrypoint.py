@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import FAST_CONFIG
 
 from fide.config import config_from_dict
@@ -116,3 +117,20 @@ def test_read_only_input_really_is_read_only(layout):
     input_dir, _ = layout
     with pytest.raises(PermissionError):
         (input_dir / "probe").touch()
+
+
+def test_threads_follow_the_container_quota_unless_given(entrypoint, layout, monkeypatch):
+    """The entry point sizes torch's threads from the cores it may use (cgroup quota), or from --threads."""
+    import fide.resources as resources
+
+    input_dir, output_dir = layout
+    _fast(monkeypatch, entrypoint)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(resources, "available_cpus", lambda: 1)  # e.g. docker run --cpus 1 on a bigger host
+    threads = torch.get_num_threads()
+    try:
+        args = ["--input", str(input_dir), "--output", str(output_dir), "--device", "cpu"]
+        assert entrypoint.main(args) == 0 and torch.get_num_threads() == 1
+        assert entrypoint.main([*args, "--threads", "2"]) == 0 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -145,3 +145,37 @@ def test_truncated_field_is_an_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DatasetError, match="truncated"):
         read_disp(path)
+
+
+def test_complex_pixels_are_rejected(tmp_path):
+    path = _save(tmp_path / "k_0001_0000.nii.gz", np.full((8, 8), 3 + 4j, np.complex64))  # would read as 3.0
+    with pytest.raises(DatasetError, match=r"k_0001_0000.nii.gz: pixels are complex64, expected real grey or RGB"):
+        read_image(path)
+
+
+def test_bool_pixels_are_rejected(tmp_path, monkeypatch):
+    """NIfTI cannot store bool, but a 1-bit TIFF read by tifffile is bool: a mask, not an intensity image."""
+    import fide.io.images as images
+
+    monkeypatch.setattr(images, "_read_array", lambda path: np.ones((8, 8), bool))
+    with pytest.raises(DatasetError, match=r"m_0001_0000.tif: pixels are bool, expected real grey or RGB"):
+        read_image(tmp_path / "m_0001_0000.tif")
+
+
+@pytest.mark.parametrize(
+    "where", ["../outside/T_0001_0000.nii.gz", "./imagesTr/../../T_0001_0000.nii.gz", "/etc/T_0001_0000.nii.gz"]
+)
+def test_descriptor_paths_that_leave_the_task_folder_are_refused(tmp_path, where):
+    path = _task(tmp_path / "task")
+    raw = json.loads(path.read_text())
+    raw["registration_val"][0]["fixed"] = where
+    path.write_text(json.dumps(raw))
+    with pytest.raises(DatasetError, match=r"registration_val\[0\]\.fixed: .* leaves the task folder"):
+        load_dataset(path, check_files=False)
+
+
+def test_a_symlinked_images_folder_stays_allowed(tmp_path):
+    path = _task(tmp_path / "task")
+    (tmp_path / "task" / "imagesTr").rename(tmp_path / "store")
+    (tmp_path / "task" / "imagesTr").symlink_to(tmp_path / "store")
+    assert read_image(load_dataset(path).split("val")[0].fixed).shape == (1, 12, 9)

@@ -12,6 +12,7 @@ import sys
 
 from fide.cli._common import configure_logging
 from fide.io import DatasetError
+from fide.resources import configure_threads
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    configure_threads(getattr(args, "threads", None))  # cores this process may use (affinity, cgroup quota)
     try:
         return int(args.run(args) or 0)
     except DatasetError as err:

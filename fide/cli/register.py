@@ -16,11 +16,20 @@ from fide.config import MIRROR_CHOICES, STAGES, FideConfig, SearchConfig, config
 from fide.features import ModalityEncoders
 from fide.features.select import resolve_encoders
 from fide.io import Pair, load_dataset
+from fide.resources import configure_threads
 from fide.runner import METHODS, merge_results, register_pairs, select_shard
 
 from ._common import add_device_arguments, seed_everything, select_device
 
-__all__ = ["add_parser", "run", "add_config_arguments", "config_from_args", "parse_shard", "add_run_arguments"]
+__all__ = [
+    "add_parser",
+    "run",
+    "add_config_arguments",
+    "config_from_args",
+    "parse_shard",
+    "add_run_arguments",
+    "positive_int",
+]
 
 logger = logging.getLogger("fide")
 
@@ -36,6 +45,17 @@ def parse_shard(text: str) -> tuple[int, int]:
     if count < 1 or index >= count:
         raise argparse.ArgumentTypeError(f"--shard expects I/N with 0 <= I < N, got {index}/{count}")
     return index, count
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of ``--threads`` and ``--jobs``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +76,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--shard``, ``--force`` and ``--qc``: shared by ``fide register`` and the container entry point."""
+    """``--shard``, ``--force``, ``--qc``, ``--threads``, ``--jobs``: for ``fide register`` and the entry point."""
     parser.add_argument("--shard", type=parse_shard, metavar="I/N", help="process pairs[I::N] only (0 <= I < N)")
     parser.add_argument("--force", action="store_true", help="recompute pairs whose field is already valid")
     parser.add_argument("--qc", action="store_true", help="write QC pictures to OUTPUT/qc/ (PNG per pair, summary)")
+    parser.add_argument(
+        "--threads", type=positive_int, metavar="N", help="threads in all (default: the cores this process may use)"
+    )
+    parser.add_argument(
+        "--jobs", type=positive_int, default=1, metavar="N", help="worker processes, threads split between them"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> FideConfig:
@@ -103,7 +129,7 @@ def register_with_run_options(
     encoders: ModalityEncoders | None,
     method: str = "fide",
 ) -> pd.DataFrame:
-    """``register_pairs`` with the options of :func:`add_run_arguments` (``--qc``, ``--force``, ``--shard``).
+    """``register_pairs`` with the options of :func:`add_run_arguments` (``--qc``, ``--force``, ``--shard``, ...).
 
     Shared by ``fide register`` and the container entry point; ``args.output`` is the output folder.
     """
@@ -122,6 +148,8 @@ def register_with_run_options(
         on_result=recorder,
         resume=not args.force,
         shard=args.shard,
+        jobs=args.jobs,
+        threads=args.threads,
     )
     if recorder is not None:
         todo = select_shard(pairs, *args.shard) if args.shard else pairs
@@ -142,11 +170,22 @@ def run(args: argparse.Namespace) -> int:
             logger.error("%d %s pairs have no row yet: %s", len(missing), split, ", ".join(missing))
         return 1 if missing or (table["status"] == "failed").any() else 0
     cfg = config_from_args(args)
+    threads = configure_threads(args.threads)
     device = select_device(args.device)
     seed_everything(args.seed)
     todo = select_shard(pairs, *args.shard) if args.shard else pairs
     shard_note = f" (shard {args.shard[0]}/{args.shard[1]} of {len(pairs)})" if args.shard else ""
-    logger.info("%s: %d %s pairs%s on %s, method %s", dataset.name, len(todo), split, shard_note, device, args.method)
+    logger.info(
+        "%s: %d %s pairs%s on %s (%d threads, %d jobs), method %s",
+        dataset.name,
+        len(todo),
+        split,
+        shard_note,
+        device,
+        threads,
+        args.jobs,
+        args.method,
+    )
     try:
         encoders = resolve_encoders(cfg.encoder, device) if args.method == "fide" else None
     except (FileNotFoundError, ValueError) as err:  # e.g. --features learned without weights

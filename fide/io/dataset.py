@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DatasetError", "Pair", "Dataset", "load_dataset", "SPLITS"]
+__all__ = ["DatasetError", "Pair", "Dataset", "load_dataset", "unique_pairs", "SPLITS"]
 
 # descriptor key of each split fide knows; "training" lists single images, the others pairs
 SPLITS = {
@@ -15,6 +17,8 @@ SPLITS = {
     "test": "registration_test",
     "train": "training_paired_images",
 }
+logger = logging.getLogger(__name__)
+
 _CASE_RE = re.compile(r"_(?P<case>[^_/\\]+)_(?P<mod>\d{4})\.nii(\.gz)?$")
 
 
@@ -98,6 +102,9 @@ def _parse_pair(path: Path, root: Path, key: str, index: int, entry: object, che
             raise DatasetError(f"{where}.{role} must be a path string, got {value!r}")
     files = {}
     for role in ("fixed", "moving"):
+        # lexically, so a symlinked images folder stays allowed; ".." out of the task folder does not
+        if ".." in Path(os.path.normpath(entry[role])).parts or Path(entry[role]).is_absolute():
+            raise DatasetError(f"{where}.{role}: {entry[role]!r} leaves the task folder {root}")
         file = (root / entry[role]).resolve()
         if check_files and not file.is_file():
             raise DatasetError(f"{where}.{role} names a missing file: {file}")
@@ -116,8 +123,9 @@ def load_dataset(path: str | Path, *, check_files: bool = True) -> Dataset:
     kept in ``raw`` and otherwise ignored.
 
     Raises:
-        DatasetError: unreadable JSON, a pair list that is not a list, a pair without both paths, or a pair naming a
-            missing file (when ``check_files``). The message names the descriptor and the key.
+        DatasetError: unreadable JSON, a pair list that is not a list, a pair without both paths, a path that
+            leaves the descriptor's folder (absolute or through ``..``), or a pair naming a missing file (when
+            ``check_files``). The message names the descriptor and the key.
     """
     path = Path(path).resolve()
     try:
@@ -139,3 +147,29 @@ def load_dataset(path: str | Path, *, check_files: bool = True) -> Dataset:
     if not any(pairs.values()):
         raise DatasetError(f"{path}: no pairs under any of {sorted(SPLITS.values())}")
     return Dataset(path=path, raw=raw, pairs=pairs)
+
+
+def unique_pairs(pairs: list[Pair]) -> list[Pair]:
+    """``pairs`` with repeated entries dropped (logged); two different pairs that would share a field are an error.
+
+    A descriptor may list a pair twice (registered once); two entries with the same case ids but different files
+    would overwrite each other's ``disp_*.nii.gz``.
+
+    Raises:
+        DatasetError: two entries with different files map to the same ``disp_*.nii.gz``.
+    """
+    seen: dict[str, Pair] = {}
+    unique = []
+    for pair in pairs:
+        earlier = seen.get(pair.disp_name)
+        if earlier is None:
+            seen[pair.disp_name] = pair
+            unique.append(pair)
+        elif (earlier.fixed, earlier.moving) == (pair.fixed, pair.moving):
+            logger.warning("%s: listed more than once; registered once", pair.name)
+        else:
+            raise DatasetError(
+                f"{pair.fixed}: pairs {earlier.name} ({earlier.fixed.parent.name}/) and {pair.name} "
+                f"({pair.fixed.parent.name}/) would both write {pair.disp_name}; rename one"
+            )
+    return unique

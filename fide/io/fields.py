@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +15,9 @@ from .dataset import DatasetError
 from .images import to_nibabel_order
 
 __all__ = ["write_disp", "write_nifti", "read_disp", "atomic_path"]
+
+# a write that fails with less free space than this is reported as a full disk
+_LOW_DISK_BYTES = 64 * 2**20
 
 
 def atomic_path(path: Path) -> Path:
@@ -59,6 +63,11 @@ def write_nifti(path: str | Path, array: np.ndarray) -> Path:
     try:
         sitk.WriteImage(image, str(tmp), useCompression=True)
         os.replace(tmp, path)
+    except RuntimeError as err:  # ITK's multi-line exception; the user needs the file and the cause
+        free = shutil.disk_usage(path.parent).free
+        full = free < _LOW_DISK_BYTES
+        cause = f"disk full, {free} bytes free" if full else str(err).strip().splitlines()[-1][:200]
+        raise OSError(f"{path}: cannot write the file ({cause})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

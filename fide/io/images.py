@@ -69,12 +69,15 @@ def read_image(path: str | Path) -> torch.Tensor:
         (C, H, W) float32, C in {1, 3}, raw intensities, array axes as nibabel reports them.
 
     Raises:
-        DatasetError: missing or corrupt file, a channel count other than 1 or 3, a 3D volume, or NaN/inf pixels.
+        DatasetError: missing or corrupt file, a channel count other than 1 or 3, a 3D volume, bool or complex pixels,
+            or NaN/inf pixels.
     """
     path = Path(path)
     array = _read_array(path)
     if array.ndim < 2:
         raise DatasetError(f"{path}: expected a 2D image, got shape {array.shape}")
+    if array.dtype == np.bool_ or np.iscomplexobj(array):  # a mask, or k-space: astype would silently misread
+        raise DatasetError(f"{path}: pixels are {array.dtype}, expected real grey or RGB intensities")
     height, width, rest = array.shape[0], array.shape[1], [n for n in array.shape[2:] if n != 1]
     if len(rest) > 1:
         raise DatasetError(f"{path}: expected a 2D image with 1 or 3 channels, got shape {array.shape}")

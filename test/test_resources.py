@@ -1,0 +1,73 @@
+"""fide.resources: cores from affinity and cgroup quota, thread set-up, memory estimate."""
+
+import os
+
+import pytest
+import torch
+
+from fide import resources
+
+
+@pytest.fixture
+def restore_threads():
+    threads, env = torch.get_num_threads(), dict(os.environ)
+    yield
+    torch.set_num_threads(threads)
+    os.environ.clear()
+    os.environ.update(env)
+
+
+def test_cgroup_v2_quota(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert resources.cgroup_cpu_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert resources.cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cgroup_v1_quota(tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert resources.cgroup_cpu_limit(tmp_path) == 4.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    assert resources.cgroup_cpu_limit(tmp_path) is None
+    assert resources.cgroup_cpu_limit(tmp_path / "absent") is None
+
+
+def test_available_cpus_is_affinity_capped_by_quota(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(resources, "cgroup_cpu_limit", lambda: 3.5)  # a container given 3.5 of 64 cores
+    assert resources.available_cpus() == 4
+    monkeypatch.setattr(resources, "cgroup_cpu_limit", lambda: None)
+    assert resources.available_cpus() == 64
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})
+    assert resources.available_cpus() == 1
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_configure_threads_default_explicit_and_environment(monkeypatch):
+    monkeypatch.setattr(resources, "available_cpus", lambda: 3)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert resources.configure_threads() == 3 and torch.get_num_threads() == 3
+    assert os.environ["OMP_NUM_THREADS"] == "3" and os.environ["MKL_NUM_THREADS"] == "3"  # for child processes
+    assert resources.configure_threads(1) == 1 and torch.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own setting wins over the detected count
+    assert resources.configure_threads() == 2
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        resources.configure_threads(0)
+
+
+def test_thread_environment_asks_openmp_to_sleep(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    env = resources.thread_environment(2)
+    assert env["OMP_NUM_THREADS"] == "2" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert resources.thread_environment(2)["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_memory_estimate_follows_the_measured_table():
+    mib = 2**20
+    # benchmarks/memory.py, fixed = moving: 1437 MiB at 2048², 3794 MiB at 4096² (docs/operations.md)
+    assert abs(resources.estimate_pair_memory_bytes((2048, 2048), (2048, 2048)) / mib - 1437) < 150
+    assert abs(resources.estimate_pair_memory_bytes((4096, 4096), (4096, 4096)) / mib - 3794) < 300
+    assert resources.available_memory_bytes() is None or resources.available_memory_bytes() > 0
