@@ -202,6 +202,8 @@ def register_pairs(
     resume: bool = False,
     shard: tuple[int, int] | None = None,
     encoders: ModalityEncoders | None = None,
+    worker: Callable[[Pair], RegistrationResult] | None = None,
+    is_complete: Callable[[Pair], bool] | None = None,
 ) -> pd.DataFrame:
     """Register ``pairs`` and write ``disp_*.nii.gz`` plus the results table into ``output``.
 
@@ -219,6 +221,9 @@ def register_pairs(
         shard: ``(I, N)``: process only :func:`select_shard` ``(pairs, I, N)`` and write
             ``results.shard-I-of-N.csv`` instead of ``results.csv``.
         encoders: learned modality encoders for the fide method (handcrafted features when None).
+        worker: registers one pair and writes its own outputs (``fide align``), instead of reading the images,
+            running ``method`` and writing the field; a pair it fails gets no identity field, only its row.
+        is_complete: resume check for ``worker``'s outputs, instead of the field check.
 
     Returns:
         The results table of the processed pairs (also written after every pair), columns
@@ -249,7 +254,11 @@ def register_pairs(
         start = time.perf_counter()
         target = output / pair.disp_name
         previous = earlier.get(pair.name)
-        if resume and (previous is None or previous.status != "failed") and _valid_field(pair, target):
+        if (
+            resume
+            and (previous is None or previous.status != "failed")
+            and (is_complete(pair) if is_complete is not None else _valid_field(pair, target))
+        ):
             if previous is not None:
                 rows.append(PairOutcome(*previous))
             else:
@@ -260,9 +269,12 @@ def register_pairs(
             continue
         result = None
         try:
-            fixed, moving = read_image(pair.fixed), read_image(pair.moving)
-            result = METHODS[method](fixed, moving, cfg, device, features, encoders)
-            write_disp(target, result.disp[0])
+            if worker is not None:
+                result = worker(pair)
+            else:
+                fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+                result = METHODS[method](fixed, moving, cfg, device, features, encoders)
+                write_disp(target, result.disp[0])
             flagged = result.quality == result.quality and result.quality < cfg.optimise.quality_flag_below
             status = "flagged" if flagged else "ok"
             message = "; ".join(([f"low NMI {result.quality:.3f}"] if flagged else []) + result.notes)
@@ -275,7 +287,7 @@ def register_pairs(
                 logger.debug("%s: traceback", pair.name, exc_info=True)
             if torch.cuda.is_available():  # after a CUDA out-of-memory error, give the cache back before the next pair
                 torch.cuda.empty_cache()
-            note = _identity_fallback(pair, target)
+            note = _identity_fallback(pair, target) if worker is None else "no outputs written"
             logger.error("%s failed: %s (%s)", pair.name, reason, note)
             rows.append(PairOutcome(pair.name, "failed", time.perf_counter() - start, float("nan"), reason))
         _write_table(pd.DataFrame([vars(r) for r in rows], columns=_COLUMNS), table_path)
