@@ -143,9 +143,8 @@ def _inspect_tiff(path: Path) -> ImageInfo:
     except DatasetError:
         raise
     except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error, ... on damaged files
-        raise DatasetError(
-            f"{path}: cannot read TIFF ({str(err).splitlines()[0][:200] if str(err) else err})"
-        ) from None
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise DatasetError(f"{path}: cannot read TIFF, damaged or not a TIFF ({reason})") from None
     return ImageInfo(path, tuple(levels), channels, dtype, _plausible(size), _sitk_frame(path), ".ome.tif")
 
 
