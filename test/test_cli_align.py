@@ -150,3 +150,24 @@ def test_example_pair_writes_a_pair_at_two_to_one_with_landmarks(tmp_path):
     assert fixed.GetSpacing() == pytest.approx((0.5e-3, 0.5e-3)) and moving.GetSpacing() == pytest.approx((1e-3, 1e-3))
     assert list(pd.read_csv(tmp_path / "landmarks.csv").columns) == ["fixed_x", "fixed_y", "moving_x", "moving_y"]
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.slow
+def test_readme_worked_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's "your own images" commands and Python lines, default configuration, on `fide example-pair`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["example-pair", "pair/"]) == 0
+    assert main(["align", "pair/shg.ome.tif", "pair/bright field.ome.tif", "-o", "aligned/", "--inverse"]) == 0
+    assert main(["align", "--pairs", "pair/pairs.csv", "-o", "batch/"]) == 0
+    script = Path(__file__).parents[1] / "benchmarks" / "align_tre.py"
+    for args in (["pair/pairs.csv", "aligned/", "--flat"], ["pair/pairs.csv", "batch/"]):
+        printed = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True)
+        assert "1/1 pairs under 2.0 px" in printed.stdout
+    reg = fide.register("pair/shg.ome.tif", "pair/bright field.ome.tif")
+    assert reg.warp().shape == (512, 512, 3) and reg.warp_points([[120.0, 80.0]]).shape == (1, 2)
+    reg.save("again/")
+    assert np.allclose(json.loads(Path("again/transform.json").read_text())["pixel"]["matrix"], reg.affine)

@@ -91,7 +91,7 @@ def iter_warped_bands(
         progress: label of a progress bar over the bands (none when empty).
     """
     width, height = target_shape
-    tensor = torch.from_numpy(np.ascontiguousarray(source)).permute(2, 0, 1)  # (C, Xs, Ys), source dtype
+    tensor = torch.from_numpy(source).permute(2, 0, 1)  # (C, Xs, Ys) view of the source, no copy
     starts = range(0, height, rows)
     for y0 in tqdm(starts, desc=progress, unit="band", disable=None if progress else True, leave=False):
         band_rows = min(rows, height - y0)

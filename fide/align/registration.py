@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fide import geometry
-from fide.config import FideConfig, config_from_dict
+from fide.config import REFERENCE_SIDE_PX, FideConfig, config_from_dict
 from fide.features import ModalityEncoders
 from fide.pipeline import RegistrationResult, register_pair
 from fide.warp_points import invert_points
@@ -28,7 +28,8 @@ __all__ = ["Registration", "PixelMap", "register", "register_sources", "working_
 
 logger = logging.getLogger(__name__)
 
-WORKING_PX = 1024  # longest side of the fixed image during registration (the challenge's images: 834 px)
+WORKING_PX = REFERENCE_SIDE_PX  # fixed image's longest side during registration: the challenge's 834 px, where
+# every hyper-parameter was calibrated
 _FIELD_FLAT_PX = 1e-3  # a residual field below this everywhere is the affine itself
 
 

@@ -35,7 +35,8 @@ def _ome(path: Path, rows_cols: np.ndarray, pixel_um: float) -> None:
 
 def write_example_pair(out: str | Path, size: int = 512, seed: int = 0) -> dict[str, Path]:
     """Write ``shg.ome.tif`` (grey, ``size``², 0.5 µm), ``bright field.ome.tif`` (RGB, half the pixels, 1 µm),
-    ``landmarks.csv`` (fixed_x, fixed_y, moving_x, moving_y in each image's pixels) and ``pairs.csv``.
+    ``landmarks.csv`` (fixed_x, fixed_y, moving_x, moving_y in each image's pixels) and ``pairs.csv`` (one row,
+    for ``fide align --pairs`` and ``benchmarks/align_tre.py``).
 
     The bright field is the synthetic moving image averaged over 2 x 2 blocks, so a moving point q becomes
     ``(q + 0.5) / 2 - 0.5``.
@@ -55,9 +56,13 @@ def write_example_pair(out: str | Path, size: int = 512, seed: int = 0) -> dict[
     paths["landmarks"] = out / "landmarks.csv"
     table.to_csv(paths["landmarks"], index=False, float_format="%.3f")
     paths["pairs"] = out / "pairs.csv"
-    pd.DataFrame({"fixed": ["shg.ome.tif"], "moving": ["bright field.ome.tif"], "name": ["core 1"]}).to_csv(
-        paths["pairs"], index=False
-    )
+    row = {
+        "fixed": ["shg.ome.tif"],
+        "moving": ["bright field.ome.tif"],
+        "name": ["core 1"],
+        "landmarks": ["landmarks.csv"],
+    }
+    pd.DataFrame(row).to_csv(paths["pairs"], index=False)
     return paths
 
 
