@@ -142,3 +142,13 @@ def test_png_and_nifti_outputs_stay_in_their_family(tmp_path):
     assert written["qc"].stat().st_size > 0
     description = json.loads(written["json"].read_text())
     assert any("2D" in note for note in description["notes"])  # the NIfTI is 3D (size-1 axis), the PNG 2D
+
+
+def test_deformable_map_follows_the_working_field_and_inverts(tmp_path):
+    fixed = _mha(tmp_path / "f.mha", _smooth(40, 48, 1, 1)[..., 0], (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1))
+    moving = _mha(tmp_path / "m.mha", _smooth(50, 44, 3, 2), (1.0, 1.0), (0.0, 0.0), (1, 0, 0, 1))
+    reg = _known(fixed, moving, _affine(), bump_px=2.0)
+    points = np.array([[24.0, 20.0], [10.0, 30.0], [40.0, 5.0]])  # (x, y); (24, 20) is the bump's centre
+    expected = reg.working_disp[0, :, points[:, 0].astype(int), points[:, 1].astype(int)].T.numpy() + points
+    assert np.abs(reg.warp_points(points) - expected).max() < 1e-4
+    assert np.abs(reg.warp_points(reg.warp_points(points), inverse=True) - points).max() < 1e-3

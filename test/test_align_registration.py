@@ -71,10 +71,9 @@ def test_two_to_one_pixel_sizes_register_as_well_as_one_to_one(case, registratio
     assert abs(np.linalg.det(reg.affine[:2, :2]) - 0.25) < 0.02  # the known 2:1 scale is in the pixel affine
 
 
-def test_deformable_residual_maps_points_and_inverts(case):
+def test_deformable_option_runs_through_the_api(case):
+    """With the residual on, the API still registers (the residual is kept only if it raises the NMI; its point
+    maps and inverse are tested on a known field in test_align_export)."""
     cfg = {**FAST_CONFIG, "deformable": {"enabled": True, "size_px": 96, "iterations": 5}}
     reg = fide.register(case[0], case[1], cfg, working_px=SIZE)
-    mapped = reg.warp_points(POINTS)
-    assert _tre(mapped, case[3]) < 1.5
-    if reg.deformable:  # the residual is kept only if it does not lower the NMI
-        assert np.abs(reg.warp_points(mapped, inverse=True) - POINTS).max() < 1e-3
+    assert _tre(reg.warp_points(POINTS), case[3]) < 1.5

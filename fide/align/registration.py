@@ -104,7 +104,8 @@ class Registration:
 
     @property
     def backward(self) -> PixelMap:
-        """Moving full-resolution pixels to fixed ones (the inverse field is solved once, at working resolution)."""
+        """Moving full-resolution pixels to fixed ones, for resampling (the inverse field is solved once on the
+        moving working grid and interpolated bilinearly; :meth:`warp_points` solves each point exactly instead)."""
         if self._backward is None:
             if not self.deformable:
                 self._backward = PixelMap(torch.linalg.inv(torch.as_tensor(self.affine, dtype=torch.float64)))
@@ -123,8 +124,15 @@ class Registration:
         array = np.asarray(points, dtype=np.float64)
         if array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
             raise ValueError(f"points must be a finite (N, 2) array of (x, y) pixels, got shape {array.shape}")
-        mapping = self.backward if inverse else self.forward
-        return mapping(torch.from_numpy(array)).numpy()
+        points = torch.from_numpy(array)
+        if not inverse:
+            return self.forward(points).numpy()
+        if not self.deformable:
+            return self.backward(points).numpy()
+        # solved per point on the working field (exact to 1e-6 working px), not read off the gridded inverse
+        working = geometry.apply_affine_to_points(self.working_moving.to_working, points)
+        solved = invert_points(working, self.working_disp.to(torch.float64))
+        return geometry.apply_affine_to_points(torch.linalg.inv(self.working_fixed.to_working), solved).numpy()
 
     def warp(self, image: str | Path | np.ndarray | None = None, *, inverse: bool = False) -> np.ndarray:
         """Resample an image on the moving grid onto the fixed grid (bilinear, 0 outside), full resolution.
