@@ -99,6 +99,9 @@ def test_stacks_damaged_and_unknown_files_give_one_line_errors(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 8, 8), np.uint8), photometric="minisblack")
     with pytest.raises(DatasetError, match=r"stack.tif: expected one 2D image"):
         inspect_image(tmp_path / "stack.tif")
+    tifffile.imwrite(tmp_path / "two.ome.tif", np.zeros((2, 8, 8), np.uint8), metadata={"axes": "CYX"})
+    with pytest.raises(DatasetError, match=r"two.ome.tif: 2 separate channels"):
+        inspect_image(tmp_path / "two.ome.tif")
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(DatasetError, match=r"bad.tif: cannot read TIFF"):
         inspect_image(tmp_path / "bad.tif")

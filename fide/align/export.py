@@ -79,7 +79,7 @@ def _warp_tile(
 
 
 def iter_warped_bands(
-    source: np.ndarray, mapping: PixelMap, target_shape: tuple[int, int], rows: int = _BAND_ROWS, progress: str = ""
+    source: np.ndarray, mapping: PixelMap, target_shape: tuple[int, int], rows: int | None = None, progress: str = ""
 ) -> Iterator[np.ndarray]:
     """Bands of the resampled image, top to bottom: each (rows, X, C) in (row, column, sample) order, source dtype.
 
@@ -87,10 +87,11 @@ def iter_warped_bands(
         source: (Xs, Ys, C) source pixels (alpha already removed).
         mapping: target full-resolution pixels (x, y) to source pixels.
         target_shape: (X, Y) of the target grid.
-        rows: rows per band.
+        rows: rows per band (``_BAND_ROWS`` when None).
         progress: label of a progress bar over the bands (none when empty).
     """
     width, height = target_shape
+    rows = rows or _BAND_ROWS
     tensor = torch.from_numpy(source).permute(2, 0, 1)  # (C, Xs, Ys) view of the source, no copy
     starts = range(0, height, rows)
     for y0 in tqdm(starts, desc=progress, unit="band", disable=None if progress else True, leave=False):
@@ -114,7 +115,7 @@ def _write_warped(path: Path, source: ImageSource, mapping: PixelMap, target: Im
     """Resample ``source`` onto ``target``'s full-resolution grid and write it in ``source``'s format family."""
     colour = _colour(source.read(0))
     if source.info.family == ".ome.tif":
-        bands = iter_warped_bands(colour, mapping, target.shape, progress=label)
+        bands = iter_warped_bands(colour, mapping, target.shape, rows=_BAND_ROWS, progress=label)
         return write_warped_tiff(
             path, target.shape, colour.shape[2], colour.dtype, bands, _BAND_ROWS, target.pixel_size_um
         )

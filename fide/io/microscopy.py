@@ -135,6 +135,10 @@ def _inspect_tiff(path: Path) -> ImageInfo:
                 shape = dict(zip(axes, level.shape))
                 levels.append((int(shape["X"]), int(shape["Y"])))
                 channels = int(shape.get("C", 1))
+            if "C" in series.axes and channels not in (1, 3):  # separate channel pages, not samples: no alpha
+                raise DatasetError(
+                    f"{path}: {channels} separate channels; expected 1 (grey) or 3 (RGB); extract one channel first"
+                )
             extra = {a: n for a, n in zip(axes, series.shape) if a not in "XYC" and n > 1}
             if extra:
                 raise DatasetError(f"{path}: expected one 2D image, found extra axes {extra} (split the stack first)")
