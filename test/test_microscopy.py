@@ -133,3 +133,15 @@ def test_write_warped_sitk_keeps_the_frame(tmp_path):
     image = sitk.ReadImage(str(path))
     assert PhysicalFrame.of_image(image) == frame
     assert np.array_equal(sitk.GetArrayFromImage(image), _picture(np.float32, 1))
+
+
+def test_tiff_compression_without_a_tifffile_codec_falls_back_to_simpleitk(tmp_path):
+    """LZW needs imagecodecs in tifffile; SimpleITK (libtiff) reads it: the pixels come back either way."""
+    picture = _picture(np.uint8, 3)
+    path = tmp_path / "lzw.tif"
+    sitk.WriteImage(sitk.GetImageFromArray(picture, isVector=True), str(path), True, compressor="LZW")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].compression == 5  # LZW
+    info = inspect_image(path)
+    assert info.shape == (9, 12)
+    _check_order(read_level(info)[..., :3], picture)

@@ -178,7 +178,8 @@ def read_level(info: ImageInfo, level: int = 0) -> np.ndarray:
     """The pixels of one resolution level: (X, Y, C) in the file's dtype, fide array order.
 
     TIFFs are read with tifffile (pyramids, BigTIFF, OME); a TIFF compression tifffile cannot decode without
-    ``imagecodecs`` (JPEG, LZW) is read with SimpleITK instead (full level only).
+    ``imagecodecs`` (JPEG, LZW) is read with SimpleITK instead, at full resolution whatever ``level`` asked for
+    (the returned array's shape says which).
     """
     path = info.path
     if not _is_tiff(path):
@@ -190,11 +191,8 @@ def read_level(info: ImageInfo, level: int = 0) -> np.ndarray:
             array = series.levels[level].asarray()
             axes = series.axes.replace("S", "C") if "C" not in series.axes else series.axes
     except Exception as err:  # noqa: BLE001 - missing codec or damaged file: SimpleITK is the second reader
-        if level != 0:
-            raise DatasetError(
-                f"{path}: cannot read pyramid level {level} ({str(err).splitlines()[0][:160]})"
-            ) from None
-        logger.info("%s: tifffile cannot decode it (%s); reading with SimpleITK", path, str(err).splitlines()[0])
+        # SimpleITK reads the full-resolution page only; callers take the level's size from the array they get
+        logger.info("%s: tifffile cannot decode level %d (%s); reading with SimpleITK", path, level, str(err)[:160])
         array = _read_array(path)
         return array.reshape(array.shape[0], array.shape[1], -1)
     squeezed = "".join(a for a, n in zip(axes, array.shape) if a in "XYC" or n > 1)
