@@ -12,12 +12,18 @@ Conventions (every other module relies on them, none re-derives them):
 * **torch.grid_sample** wants ``(x, y)`` = (last axis, second-to-last axis) normalised to [-1, 1]; we always use
   ``align_corners=True`` so that -1 and +1 are the centres of the first and last pixels.
 * **Resizing.** An image resized from n to m pixels along an axis (``align_corners=True``) maps pixel ``p`` to
-  ``p * (m - 1) / (n - 1)``; :func:`resize_disp` and :func:`rescale_affine` apply that factor to vectors.
+  ``p * (m - 1) / (n - 1)``; :func:`resize_disp` and :func:`rescale_affine` apply that factor to vectors. Pyramid
+  levels and block means put pixel centres at ``(p + 0.5) * m / n - 0.5`` instead (:func:`resize_matrix`, "area").
+* **Physical space (ITK).** Array axis k is ITK index k (x = column for TIFF/PNG, nibabel i for NIfTI), so a
+  point ``(i, j)`` in array order is an ITK continuous index. Physical point = ``origin + D @ diag(spacing) @ index``
+  (:func:`index_to_physical`); a pixel affine ``A`` becomes the physical ``P_moving @ A @ P_fixed^-1``
+  (:func:`pixel_to_physical_affine`), the map ``SimpleITK.Resample(moving, fixed, T)`` expects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +47,12 @@ __all__ = [
     "similarity_matrix",
     "pixel_to_normalised",
     "jacobian_determinant",
+    "resize_matrix",
+    "transpose_disp",
+    "PhysicalFrame",
+    "index_to_physical",
+    "pixel_to_physical_affine",
+    "physical_to_pixel_affine",
 ]
 
 
@@ -353,3 +365,93 @@ def jacobian_determinant(disp: torch.Tensor) -> torch.Tensor:
     grad_i = torch.gradient(disp, dim=2)[0]  # d(disp)/d(axis 0)
     grad_j = torch.gradient(disp, dim=3)[0]
     return (1 + grad_i[:, 0]) * (1 + grad_j[:, 1]) - grad_j[:, 0] * grad_i[:, 1]
+
+
+def resize_matrix(old_shape: Sequence[int], new_shape: Sequence[int], *, centres: str = "corner") -> torch.Tensor:
+    """(3, 3) float64 map of pixel coordinates, array order, from a grid of ``old_shape`` to one of ``new_shape``.
+
+    ``centres="corner"``: ``p * (m - 1) / (n - 1)`` (this module's resizes, :func:`downsample`). ``"area"``:
+    ``(p + 0.5) * m / n - 0.5``, the pixel centres of a pyramid level or block mean covering the same area.
+    """
+    if centres not in ("corner", "area"):
+        raise ValueError(f"centres must be 'corner' or 'area', got {centres!r}")
+    matrix = torch.eye(3, dtype=torch.float64)
+    for axis, (n, m) in enumerate(zip(old_shape, new_shape)):
+        factor = scale_factors([n], [m])[0] if centres == "corner" else int(m) / int(n)
+        matrix[axis, axis] = factor
+        matrix[axis, 2] = 0.0 if centres == "corner" else 0.5 * factor - 0.5
+    return matrix
+
+
+@dataclass(frozen=True)
+class PhysicalFrame:
+    """An image's ITK physical space: ``x = origin + D @ diag(spacing) @ index`` (d = 2 or 3 axes).
+
+    Attributes:
+        origin: (d,) physical position of index 0.
+        spacing: (d,) physical pixel size per index axis.
+        direction: d x d direction cosines, row-major (SimpleITK's ``GetDirection``).
+    """
+
+    origin: tuple[float, ...]
+    spacing: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @property
+    def dimension(self) -> int:
+        return len(self.origin)
+
+    @classmethod
+    def of_image(cls, image) -> PhysicalFrame:
+        """The frame of a ``SimpleITK.Image`` (or of an ``ImageFileReader`` after ``ReadImageInformation``)."""
+        return cls(tuple(image.GetOrigin()), tuple(image.GetSpacing()), tuple(image.GetDirection()))
+
+
+def index_to_physical(frame: PhysicalFrame) -> torch.Tensor:
+    """(d + 1, d + 1) float64 homogeneous matrix mapping an ITK continuous index to the physical point."""
+    dim = frame.dimension
+    direction = torch.tensor(frame.direction, dtype=torch.float64).view(dim, dim)
+    matrix = torch.eye(dim + 1, dtype=torch.float64)
+    matrix[:dim, :dim] = direction @ torch.diag(torch.tensor(frame.spacing, dtype=torch.float64))
+    matrix[:dim, dim] = torch.tensor(frame.origin, dtype=torch.float64)
+    return matrix
+
+
+def _lift(affine: torch.Tensor, dim: int) -> torch.Tensor:
+    """A (3, 3) in-plane pixel affine acting on index axes 0 and 1 of a d-axis index (identity on the others)."""
+    lifted = torch.eye(dim + 1, dtype=torch.float64)
+    lifted[:2, :2] = affine[:2, :2]
+    lifted[:2, dim] = affine[:2, 2]
+    return lifted
+
+
+def pixel_to_physical_affine(affine: torch.Tensor, fixed: PhysicalFrame, moving: PhysicalFrame) -> torch.Tensor:
+    """Express a pixel affine (3, 3), array order, fixed to moving, in physical space: (d + 1, d + 1) float64.
+
+    ``T = P_moving @ A @ P_fixed^-1``: fixed physical point to moving physical point, ITK's direction for
+    ``Resample(moving, fixed, T)``. Both frames must have the same dimension d (a third axis has identity index).
+    """
+    if fixed.dimension != moving.dimension:
+        raise ValueError(f"frames must have one dimension, got fixed {fixed.dimension} and moving {moving.dimension}")
+    lifted = _lift(torch.as_tensor(affine, dtype=torch.float64), fixed.dimension)
+    return index_to_physical(moving) @ lifted @ torch.linalg.inv(index_to_physical(fixed))
+
+
+def physical_to_pixel_affine(matrix: torch.Tensor, fixed: PhysicalFrame, moving: PhysicalFrame) -> torch.Tensor:
+    """Inverse of :func:`pixel_to_physical_affine`: the (3, 3) float64 pixel affine, array order, fixed to moving."""
+    pixel = torch.linalg.inv(index_to_physical(moving)) @ torch.as_tensor(matrix, dtype=torch.float64)
+    pixel = pixel @ index_to_physical(fixed)
+    dim = fixed.dimension
+    out = torch.eye(3, dtype=torch.float64)
+    out[:2, :2], out[:2, 2] = pixel[:2, :2], pixel[:2, dim]
+    return out
+
+
+def transpose_disp(disp: torch.Tensor) -> torch.Tensor:
+    """The field of the transposed images: (B, 2, H, W) → (B, 2, W, H), its two components swapped.
+
+    A (row, column) view of an image whose array order is (x, y) (TIFF, PNG) swaps both the grid axes and the
+    vector components; applying it twice gives the field back.
+    """
+    _check_disp(disp)
+    return disp.flip(1).transpose(2, 3)

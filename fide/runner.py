@@ -261,6 +261,8 @@ class PairTask:
     features: FeatureFn | None = None
     encoders: ModalityEncoders | None = None
     want_result: bool = True
+    # registers the pair and writes its own outputs (``fide align``) instead of the read / method / field steps
+    worker: Callable[[Pair], RegistrationResult] | None = None
 
 
 def process_pair(task: PairTask) -> tuple[PairOutcome, RegistrationResult | None]:
@@ -271,12 +273,15 @@ def process_pair(task: PairTask) -> tuple[PairOutcome, RegistrationResult | None
     """
     pair, cfg, start = task.pair, task.cfg, time.perf_counter()
     try:
-        if task.device is None or torch.device(task.device).type == "cpu":
-            check_memory(pair)
-        fixed, moving = read_image(pair.fixed), read_image(pair.moving)
-        check_pair_signal(fixed, moving, str(pair.fixed), str(pair.moving), cfg.preprocess)
-        result = METHODS[task.method](fixed, moving, cfg, task.device, task.features, task.encoders)
-        write_disp(task.target, result.disp[0])
+        if task.worker is not None:
+            result = task.worker(pair)
+        else:
+            if task.device is None or torch.device(task.device).type == "cpu":
+                check_memory(pair)
+            fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+            check_pair_signal(fixed, moving, str(pair.fixed), str(pair.moving), cfg.preprocess)
+            result = METHODS[task.method](fixed, moving, cfg, task.device, task.features, task.encoders)
+            write_disp(task.target, result.disp[0])
         reason = flag_reason(result.confidence, result.confidence_basis, result.scores, cfg.confidence)
         status = "ok" if reason is None else "flagged"
         message = "; ".join(([reason] if reason else []) + (["mirrored"] if result.mirrored else []) + result.notes)
@@ -289,7 +294,7 @@ def process_pair(task: PairTask) -> tuple[PairOutcome, RegistrationResult | None
             logger.debug("%s: traceback", pair.name, exc_info=True)
         if torch.cuda.is_available():  # after a CUDA out-of-memory error, give the cache back before the next pair
             torch.cuda.empty_cache()
-        note = _identity_fallback(pair, task.target)
+        note = _identity_fallback(pair, task.target) if task.worker is None else "no outputs written"
         logger.error("%s failed: %s (%s)", pair.name, reason, note)
         return PairOutcome(pair.name, "failed", time.perf_counter() - start, float("nan"), message=reason), None
 
@@ -318,6 +323,8 @@ def register_pairs(
     encoders: ModalityEncoders | None = None,
     jobs: int = 1,
     threads: int | None = None,
+    worker: Callable[[Pair], RegistrationResult] | None = None,
+    is_complete: Callable[[Pair], bool] | None = None,
 ) -> pd.DataFrame:
     """Register ``pairs`` and write ``disp_*.nii.gz`` plus the results table into ``output``.
 
@@ -340,10 +347,14 @@ def register_pairs(
         jobs: worker processes registering pairs side by side (:mod:`fide.workers`); 1 = in this process.
         threads: threads in all (split evenly between the ``jobs`` workers); None = this process's torch setting
             for ``jobs`` = 1, :func:`fide.resources.available_cpus` otherwise.
+        worker: registers one pair and writes its own outputs (``fide align``), instead of reading the images,
+            running ``method`` and writing the field; a pair it fails gets no identity field, only its row. Only
+            with ``jobs`` = 1 (it need not be picklable).
+        is_complete: resume check for ``worker``'s outputs, instead of the field check.
 
     Returns:
         The results table of the processed pairs in ``pairs`` order (also written after every pair), columns
-        ``pair, status, seconds, quality, message``.
+        ``pair, status, seconds, quality, confidence, mirrored, message``.
 
     Raises:
         ValueError: unknown ``method``, invalid ``shard``, ``jobs`` or ``threads`` < 1.
@@ -353,6 +364,8 @@ def register_pairs(
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     if jobs < 1 or (threads is not None and threads < 1):
         raise ValueError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
+    if worker is not None and jobs > 1:
+        raise ValueError(f"a worker function runs in this process only, got jobs={jobs}")
     if shard is not None:
         pairs = select_shard(pairs, *shard)
     pairs = unique_pairs(list(pairs))
@@ -365,13 +378,14 @@ def register_pairs(
     for index, pair in enumerate(pairs):
         target = output / pair.disp_name
         previous = earlier.get(pair.name)
-        if resume and (previous is None or previous.status != "failed") and _valid_field(pair, target):
+        complete = is_complete(pair) if is_complete is not None else _valid_field(pair, target)
+        if resume and (previous is None or previous.status != "failed") and complete:
             kept = PairOutcome(*previous) if previous is not None else None
             rows[index] = kept or PairOutcome(pair.name, "skipped", 0.0, float("nan"), message="valid field kept")
             logger.info("%s: valid field %s kept (use --force to recompute)", pair.name, target.name)
             continue
         want = on_result is not None
-        tasks[index] = PairTask(pair, target, cfg, method, device, features, encoders, want_result=want)
+        tasks[index] = PairTask(pair, target, cfg, method, device, features, encoders, want, worker)
 
     def write() -> None:
         table = pd.DataFrame([vars(rows[k]) for k in sorted(rows)], columns=_COLUMNS)

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import SimpleITK as sitk
 import torch
 
 from fide import geometry
@@ -129,3 +130,71 @@ def test_bad_shapes_raise_value_error():
         geometry.warp(torch.zeros(1, 1, 4, 4), torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError, match="weight must have shape"):
         geometry.fit_affine(torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 5, 4))
+
+
+def test_resize_matrix_corner_matches_scale_factors_and_area_matches_block_centres():
+    corner = geometry.resize_matrix((9, 5), (5, 3))
+    assert torch.allclose(corner.diagonal()[:2], torch.tensor([0.5, 0.5], dtype=torch.float64))
+    area = geometry.resize_matrix((8, 6), (4, 3), centres="area")
+    # the 2 x 2 block whose pixels are 0 and 1 has its centre at 0.5 on the full grid, at 0 on the reduced one
+    centre = geometry.apply_affine_to_points(area, torch.tensor([[0.5, 2.5]], dtype=torch.float64))
+    assert torch.allclose(centre, torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="centres"):
+        geometry.resize_matrix((4, 4), (2, 2), centres="nearest")
+
+
+def _frame(dim: int = 2) -> geometry.PhysicalFrame:
+    angle = math.radians(30)
+    rotation = [math.cos(angle), -math.sin(angle), math.sin(angle), math.cos(angle)]
+    if dim == 2:
+        return geometry.PhysicalFrame((3.0, -7.5), (0.25, 0.5), tuple(rotation))
+    direction = (rotation[0], rotation[1], 0.0, rotation[2], rotation[3], 0.0, 0.0, 0.0, 1.0)
+    return geometry.PhysicalFrame((3.0, -7.5, 2.0), (0.25, 0.5, 1.5), direction)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_index_to_physical_matches_simpleitk(dim):
+    """Origin, anisotropic spacing and a rotated direction: the matrix is ITK's index-to-physical map."""
+    frame = _frame(dim)
+    image = sitk.Image([7, 5] + [1] * (dim - 2), sitk.sitkFloat32)
+    image.SetOrigin(frame.origin)
+    image.SetSpacing(frame.spacing)
+    image.SetDirection(frame.direction)
+    assert geometry.PhysicalFrame.of_image(image) == frame
+    index = (2.5, 1.25) + (0.0,) * (dim - 2)
+    expected = image.TransformContinuousIndexToPhysicalPoint(index)
+    got = geometry.index_to_physical(frame) @ torch.tensor([*index, 1.0], dtype=torch.float64)
+    assert torch.allclose(got[:dim], torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_pixel_affine_to_physical_round_trip_and_point_mapping(dim):
+    fixed = _frame(dim)
+    moving = geometry.PhysicalFrame(
+        tuple(o + 1 for o in fixed.origin), tuple(2 * s for s in fixed.spacing), fixed.direction
+    )
+    pixel = geometry.similarity_matrix(
+        torch.tensor([0.4]), torch.tensor([1.2]), torch.tensor([3.0, 2.0]), torch.tensor([5.0, 1.0])
+    )[0].double()
+    physical = geometry.pixel_to_physical_affine(pixel, fixed, moving)
+    assert torch.allclose(geometry.physical_to_pixel_affine(physical, fixed, moving), pixel, atol=1e-12)
+    index = torch.tensor([[4.0, 3.0]], dtype=torch.float64)
+    moving_index = geometry.apply_affine_to_points(pixel, index)
+    pad = torch.zeros(1, dim - 2, dtype=torch.float64)
+    x_fixed = geometry.index_to_physical(fixed) @ torch.cat([index, pad, torch.ones(1, 1, dtype=torch.float64)], 1).T
+    x_moving = (
+        geometry.index_to_physical(moving) @ torch.cat([moving_index, pad, torch.ones(1, 1, dtype=torch.float64)], 1).T
+    )
+    assert torch.allclose(physical @ x_fixed, x_moving, atol=1e-12)
+    with pytest.raises(ValueError, match="one dimension"):
+        geometry.pixel_to_physical_affine(pixel, _frame(2), _frame(3))
+
+
+def test_transpose_disp_matches_warping_transposed_images():
+    """Warping the (row, column) view of an image by the transposed field = transposing the warped image."""
+    image = torch.rand(1, 2, 9, 7, generator=torch.Generator().manual_seed(0))
+    disp = torch.randn(1, 2, 9, 7, generator=torch.Generator().manual_seed(1))
+    warped = geometry.warp(image, disp)
+    warped_t = geometry.warp(image.transpose(2, 3), geometry.transpose_disp(disp))
+    assert torch.allclose(warped_t, warped.transpose(2, 3), atol=1e-6)
+    assert torch.equal(geometry.transpose_disp(geometry.transpose_disp(disp)), disp)

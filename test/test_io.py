@@ -81,10 +81,10 @@ def test_read_rgb_vector_pixels(tmp_path):
     assert np.array_equal(read_image(path).numpy().transpose(1, 2, 0), rgb.astype(np.float32))
 
 
-def test_image_with_four_channels_is_rejected(tmp_path):
+def test_image_with_four_channels_is_read_as_rgba(tmp_path):
+    """Issue 14: RGBA is read (was refused); a fully transparent image is bright-field background."""
     path = _save(tmp_path / "x_0001_0001.nii.gz", np.zeros((8, 8, 1, 4), np.uint8))
-    with pytest.raises(DatasetError, match=r"x_0001_0001.nii.gz: image has 4 channels"):
-        read_image(path)
+    assert torch.equal(read_image(path), torch.full((3, 8, 8), 255.0))
 
 
 def test_nan_pixels_are_rejected(tmp_path):
@@ -179,3 +179,32 @@ def test_a_symlinked_images_folder_stays_allowed(tmp_path):
     (tmp_path / "task" / "imagesTr").rename(tmp_path / "store")
     (tmp_path / "task" / "imagesTr").symlink_to(tmp_path / "store")
     assert read_image(load_dataset(path).split("val")[0].fixed).shape == (1, 12, 9)
+
+
+def test_rgba_opaque_alpha_is_dropped_and_real_alpha_composited_on_background(tmp_path):
+    """An RGBA bright field is no longer refused: opaque alpha dropped, transparent pixels become white."""
+    import tifffile
+
+    rgb = np.random.default_rng(0).integers(0, 200, (6, 5, 3), dtype=np.uint8)
+    opaque = np.concatenate([rgb, np.full((6, 5, 1), 255, np.uint8)], -1)
+    tifffile.imwrite(tmp_path / "opaque.tif", opaque, photometric="rgb", extrasamples=["unassalpha"])
+    image = read_image(tmp_path / "opaque.tif")
+    assert image.shape == (3, 5, 6) and torch.equal(image, torch.from_numpy(rgb.transpose(2, 1, 0)).float())
+    holed = opaque.copy()
+    holed[0, 0, 3] = 0  # row 0, column 0 transparent
+    holed[1, 2, 3] = 51  # 20 % opaque
+    tifffile.imwrite(tmp_path / "holed.tif", holed, photometric="rgb", extrasamples=["unassalpha"])
+    image = read_image(tmp_path / "holed.tif")
+    assert torch.equal(image[:, 0, 0], torch.full((3,), 255.0))
+    expected = 0.2 * torch.from_numpy(rgb[1, 2]).float() + 0.8 * 255
+    assert torch.allclose(image[:, 2, 1], expected, atol=1e-3)  # x = column 2, y = row 1
+    assert torch.equal(image[:, 1, 0], torch.from_numpy(rgb[0, 1]).float())
+
+
+def test_grey_alpha_composites_on_black_and_five_channels_are_refused(tmp_path):
+    grey = np.stack([np.full((4, 4), 100, np.uint8), np.zeros((4, 4), np.uint8)], -1)
+    _save(tmp_path / "ga.nii.gz", grey[:, :, None, :])
+    assert float(read_image(tmp_path / "ga.nii.gz").max()) == 0.0
+    _save(tmp_path / "five.nii.gz", np.zeros((4, 4, 1, 5), np.uint8))
+    with pytest.raises(DatasetError, match="5 channels"):
+        read_image(tmp_path / "five.nii.gz")

@@ -309,7 +309,7 @@ BAD_INPUTS = {
     "SHG of noise only": (_noise_shg, "fixed", "SHG image has no signal"),
     "tissue-free bright field": (_tissue_free_bf, "moving", "bright-field image shows no tissue"),
     "8 x 8 image": (_tiny, "fixed", "image is 8 x 8 px, smaller than the minimum 16 px per side"),
-    "3-D volume": (_volume, "fixed", "image has 10 channels, expected 1 (grey) or 3 (RGB)"),
+    "3-D volume": (_volume, "fixed", "image has 10 channels, expected 1 (grey), 3 (RGB) or 4 (RGBA)"),
     "4-D image": (_four_d, "moving", "expected a 2D image with 1 or 3 channels, got shape (64, 64, 4, 3)"),
     "complex pixels": (_complex, "fixed", "pixels are complex64, expected real grey or RGB intensities"),
     "header larger than data": (_header_larger_than_data, "fixed", "cannot read image (Expected 8192 bytes"),

@@ -25,6 +25,8 @@ COMMANDS = {
     "train": "train",
     "ablate": "ablate",
     "warp-points": "warp_points",
+    "align": "align",
+    "example-pair": "example_pair",
 }
 
 

@@ -15,7 +15,7 @@ import torch
 
 from .dataset import DatasetError
 
-__all__ = ["read_image", "read_spacing", "to_nibabel_order"]
+__all__ = ["read_image", "read_spacing", "to_nibabel_order", "split_alpha", "alpha_full_scale"]
 
 
 def to_nibabel_order(image: sitk.Image) -> np.ndarray:
@@ -59,11 +59,43 @@ def _read_array(path: Path) -> np.ndarray:
     return array
 
 
+def alpha_full_scale(dtype: np.dtype) -> float:
+    """The value of an opaque alpha for a pixel type: the integer maximum, 1.0 for floats."""
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+
+
+def split_alpha(array: np.ndarray, path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Separate the alpha channel of grey + alpha (2) or RGBA (4) pixels.
+
+    Args:
+        array: (H, W, C) pixels, any dtype, channels last.
+        path: the file, for messages.
+
+    Returns:
+        The (H, W, C - 1) colour channels (C unchanged when C is 1 or 3) and the alpha in [0, 1] as (H, W)
+        float32, or None when there is no alpha or it is opaque everywhere (then it is simply dropped).
+
+    Raises:
+        DatasetError: a channel count other than 1 to 4.
+    """
+    channels = array.shape[-1]
+    if channels in (1, 3):
+        return array, None
+    if channels not in (2, 4):
+        raise DatasetError(f"{path}: image has {channels} channels, expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+    alpha = array[..., -1]
+    if np.all(alpha == alpha_full_scale(array.dtype)):
+        return array[..., :-1], None
+    return array[..., :-1], (alpha.astype(np.float32) / alpha_full_scale(array.dtype)).clip(0, 1)
+
+
 def read_image(path: str | Path) -> torch.Tensor:
     """Read a 2D grey or RGB image.
 
     Accepted layouts (nibabel shape): (H, W), (H, W, 1), (H, W, 3), (H, W, 1, 3), (H, W, 1, 1, 3) and RGB/vector
-    pixels; any integer or float type.
+    pixels; any integer or float type. An alpha channel (grey + alpha, RGBA) is dropped when opaque; otherwise the
+    image is composited on its background where alpha < 1: white (the type's maximum) behind RGB, as bright-field
+    background, black (0) behind grey, as SHG background.
 
     Returns:
         (C, H, W) float32, C in {1, 3}, raw intensities, array axes as nibabel reports them.
@@ -82,9 +114,11 @@ def read_image(path: str | Path) -> torch.Tensor:
     if len(rest) > 1:
         raise DatasetError(f"{path}: expected a 2D image with 1 or 3 channels, got shape {array.shape}")
     channels = rest[0] if rest else 1
-    if channels not in (1, 3):
-        raise DatasetError(f"{path}: image has {channels} channels, expected 1 (grey) or 3 (RGB)")
-    data = array.reshape(height, width, channels).astype(np.float32)
+    colour, alpha = split_alpha(array.reshape(height, width, channels), path)
+    data = colour.astype(np.float32)
+    if alpha is not None:
+        background = alpha_full_scale(array.dtype) if data.shape[-1] == 3 else 0.0
+        data = data * alpha[..., None] + background * (1 - alpha[..., None])
     if not np.isfinite(data).all():
         raise DatasetError(f"{path}: image has NaN or infinite pixels")
     return torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1)))

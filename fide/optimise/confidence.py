@@ -7,8 +7,14 @@ about zero anywhere else. So for SHG / H&E pairs with collagen patches the confi
 contrast* (the texture NCC at the pose minus its mean at the pose shifted by a few pixels); for other pairs
 (multi-stain, no SHG patches) from the NMI, as the quality flag did before.
 
-Each criterion maps through a logistic ``1 / (1 + exp(-(x - mid) / width))``, calibrated on synthetic
-development pairs (docs/operations.md, "Confidence"): 0.5 at ``mid``, and a pair under ``flag_below`` is flagged.
+Each criterion maps through a logistic ``L(x; mid, width) = 1 / (1 + exp(-(x - mid) / width))``, calibrated on
+synthetic development pairs (docs/operations.md, "Confidence"). With texture,
+
+    confidence = max(L(contrast; texture_mid), min(L(nmi; nmi_support_mid), L(contrast; texture_floor_mid)))
+
+a sharp texture peak alone, or a strong NMI with at least a small texture peak: images with little fibre texture
+(smooth SHG) still reach a high confidence at a right pose, while a wrong pose, whose contrast is ~0, stays low
+whatever its NMI. A pair under ``flag_below`` is flagged.
 """
 
 from __future__ import annotations
@@ -35,9 +41,13 @@ def pose_confidence(scores: dict[str, float], cfg: ConfidenceConfig) -> tuple[fl
         (confidence in [0, 1], "texture" or "nmi"); (NaN, "none") when neither score is finite.
     """
     contrast = scores.get("texture_contrast", float("nan"))
-    if math.isfinite(contrast):
-        return _logistic(contrast, cfg.texture_mid, cfg.texture_width), "texture"
     nmi = scores.get("nmi", float("nan"))
+    if math.isfinite(contrast):
+        peak = _logistic(contrast, cfg.texture_mid, cfg.texture_width)
+        if math.isfinite(nmi):
+            support = _logistic(nmi, cfg.nmi_support_mid, cfg.nmi_support_width)
+            peak = max(peak, min(support, _logistic(contrast, cfg.texture_floor_mid, cfg.texture_floor_width)))
+        return peak, "texture"
     if math.isfinite(nmi):
         return _logistic(nmi, cfg.nmi_mid, cfg.nmi_width), "nmi"
     return float("nan"), "none"

@@ -1,0 +1,268 @@
+"""What ``fide align`` writes: the ITK transform, its JSON description, the Learn2Reg field, warped images, QC.
+
+* ``transform.tfm``: ``SimpleITK.ReadTransform`` loads it; it maps a fixed physical point to the moving physical
+  point in the frames ``SimpleITK.ReadImage`` gives the two files, so ``sitk.Resample(moving, fixed, T)``
+  overlays them. An ``AffineTransform``, or with a deformable residual a ``CompositeTransform`` ``[affine,
+  displacement field]`` (ITK applies the field first: ``T(x) = A(x + d(x))``), the field on a grid of at most
+  ``_TFM_FIELD_PX`` points per side over the fixed image (ITK interpolates it linearly).
+* ``transform.json``: the affine in full-resolution pixels, (x, y) = (column, row), and in physical units, with
+  both frames (origin, spacing, direction) written out.
+* ``disp.nii.gz``: the Learn2Reg field, (X, Y, 1, 2), pixels, fixed to moving; fixed images above
+  ``_DISP_MAX_PX`` pixels get none (4 GB for 20 000²; the .tfm carries the same map).
+* ``moving_warped.<ext>`` / ``fixed_warped.<ext>``: resampled bilinearly at full resolution in bands of rows, a
+  TIFF written strip by strip (peak memory: the source image plus one band).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from tqdm import tqdm
+
+import fide
+from fide import geometry
+from fide.geometry import PhysicalFrame
+from fide.io import atomic_path, write_disp
+from fide.io.microscopy import write_warped_sitk, write_warped_tiff
+
+from .registration import PixelMap, Registration
+from .source import ImageSource
+
+__all__ = ["save", "warp_array", "iter_warped_bands", "physical_transform", "transform_description", "OUTPUT_NAMES"]
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_NAMES = ("transform.tfm", "transform.json", "qc.png")  # plus disp.nii.gz and the warped images
+_BAND_ROWS = 256  # rows per band (and TIFF strip) of the streamed resampling
+_TILE_PX = 1024  # columns per tile within a band: a rotated tile's source box stays small
+_DISP_MAX_PX = 4096 * 4096  # largest fixed image that gets a dense disp.nii.gz (128 MiB)
+_TFM_FIELD_PX = 256
+
+
+def _colour(array: np.ndarray) -> np.ndarray:
+    """(X, Y, C) without its alpha channel (grey + alpha → grey, RGBA → RGB)."""
+    return array[..., :-1] if array.shape[2] in (2, 4) else array
+
+
+def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+def _warp_tile(
+    source: torch.Tensor, mapping: PixelMap, origin: tuple[int, int], shape: tuple[int, int]
+) -> torch.Tensor:
+    """Resample a (C, Xs, Ys) source on target pixels ``origin + [0, shape)``: (C, *shape) float32, 0 outside.
+
+    Only the source box the tile maps into is converted to float: the source stays in its own dtype.
+    """
+    grid = geometry.identity_grid(shape, like=torch.zeros((), dtype=torch.float64))
+    points = grid.reshape(2, -1).T + torch.tensor(origin, dtype=torch.float64)
+    moved = mapping(points)  # (N, 2) source pixels
+    low = torch.floor(moved.min(0).values).clamp(min=0).long()
+    high = torch.ceil(moved.max(0).values).long() + 1
+    high = torch.minimum(high, torch.tensor(source.shape[1:]))
+    if bool((high - low < 1).any()):  # the whole tile maps outside the source
+        return torch.zeros(source.shape[0], *shape)
+    crop = source[:, low[0] : high[0], low[1] : high[1]].float()
+    disp = (moved - low.to(moved)).T.reshape(1, 2, *shape) - grid[None]
+    return geometry.warp(crop[None], disp.float())[0]
+
+
+def iter_warped_bands(
+    source: np.ndarray, mapping: PixelMap, target_shape: tuple[int, int], rows: int | None = None, progress: str = ""
+) -> Iterator[np.ndarray]:
+    """Bands of the resampled image, top to bottom: each (rows, X, C) in (row, column, sample) order, source dtype.
+
+    Args:
+        source: (Xs, Ys, C) source pixels (alpha already removed).
+        mapping: target full-resolution pixels (x, y) to source pixels.
+        target_shape: (X, Y) of the target grid.
+        rows: rows per band (``_BAND_ROWS`` when None).
+        progress: label of a progress bar over the bands (none when empty).
+    """
+    width, height = target_shape
+    rows = rows or _BAND_ROWS
+    tensor = torch.from_numpy(source).permute(2, 0, 1)  # (C, Xs, Ys) view of the source, no copy
+    starts = range(0, height, rows)
+    for y0 in tqdm(starts, desc=progress, unit="band", disable=None if progress else True, leave=False):
+        band_rows = min(rows, height - y0)
+        band = np.empty((band_rows, width, source.shape[2]), dtype=source.dtype)
+        for x0 in range(0, width, _TILE_PX):
+            cols = min(_TILE_PX, width - x0)
+            tile = _warp_tile(tensor, mapping, (x0, y0), (cols, band_rows))
+            band[:, x0 : x0 + cols] = _cast(tile.permute(2, 1, 0).numpy(), source.dtype)
+        yield band
+
+
+def warp_array(source: np.ndarray, mapping: PixelMap, target_shape: tuple[int, int]) -> np.ndarray:
+    """The resampled image in memory: (X, Y, C) of ``target_shape``, source dtype (alpha removed)."""
+    colour = _colour(source)
+    bands = list(iter_warped_bands(colour, mapping, target_shape))
+    return np.transpose(np.concatenate(bands, axis=0), (1, 0, 2))
+
+
+def _write_warped(path: Path, source: ImageSource, mapping: PixelMap, target: ImageSource, label: str) -> Path:
+    """Resample ``source`` onto ``target``'s full-resolution grid and write it in ``source``'s format family."""
+    colour = _colour(source.read(0))
+    if source.info.family == ".ome.tif":
+        bands = iter_warped_bands(colour, mapping, target.shape, rows=_BAND_ROWS, progress=label)
+        return write_warped_tiff(
+            path, target.shape, colour.shape[2], colour.dtype, bands, _BAND_ROWS, target.pixel_size_um
+        )
+    warped = np.transpose(np.concatenate(list(iter_warped_bands(colour, mapping, target.shape)), 0), (1, 0, 2))
+    frame = target.info.frame
+    if source.info.family == ".png" or source.info.family == ".jpg":
+        warped = _cast(warped, np.uint8) if warped.dtype not in (np.uint8, np.uint16) else warped
+        frame = None
+    return write_warped_sitk(path, warped, frame)
+
+
+def _frames(reg: Registration) -> tuple[PhysicalFrame, PhysicalFrame, list[str]]:
+    """Both ITK frames in one dimension (a 2D file against a 3D one: the 3D frame's first two axes)."""
+    fixed, moving = reg.fixed.frame, reg.moving.frame
+    if fixed.dimension == moving.dimension:
+        return fixed, moving, []
+
+    def plane(frame: PhysicalFrame) -> PhysicalFrame:
+        d = frame.dimension
+        direction = np.asarray(frame.direction).reshape(d, d)[:2, :2]
+        return PhysicalFrame(frame.origin[:2], frame.spacing[:2], tuple(direction.flatten().tolist()))
+
+    note = f"fixed file is {fixed.dimension}D, moving {moving.dimension}D: transform.tfm is 2D (first two axes)"
+    return plane(fixed), plane(moving), [note]
+
+
+def physical_transform(reg: Registration) -> tuple[sitk.Transform, np.ndarray, list[str]]:
+    """The ITK transform (fixed physical → moving physical), its affine part (d+1, d+1) and notes."""
+    fixed, moving, notes = _frames(reg)
+    dim = fixed.dimension
+    matrix = geometry.pixel_to_physical_affine(torch.from_numpy(reg.affine), fixed, moving)
+    affine = sitk.AffineTransform(dim)
+    affine.SetMatrix(matrix[:dim, :dim].flatten().tolist())
+    affine.SetTranslation(matrix[:dim, dim].tolist())
+    if not reg.deformable:
+        return affine, matrix.numpy(), notes
+    if dim != 2:
+        notes.append("deformable residual not in transform.tfm (3D frame): the affine part only")
+        return affine, matrix.numpy(), notes
+    shape = tuple(min(n, _TFM_FIELD_PX) for n in reg.fixed.shape)
+    grid = geometry.identity_grid(shape, like=torch.zeros((), dtype=torch.float64)).reshape(2, -1).T
+    steps = torch.tensor([(n - 1) / max(g - 1, 1) for n, g in zip(reg.fixed.shape, shape)], dtype=torch.float64)
+    pixels = grid * steps  # fixed full-resolution pixels of the field's grid points
+    to_fixed, to_moving = geometry.index_to_physical(fixed), geometry.index_to_physical(moving)
+    physical = geometry.apply_affine_to_points(to_fixed, pixels)
+    target = geometry.apply_affine_to_points(to_moving, reg.forward(pixels))
+    before_affine = geometry.apply_affine_to_points(torch.linalg.inv(matrix), target)  # A^-1 T(x) = x + d(x)
+    values = (before_affine - physical).T.reshape(2, *shape)  # (2, X, Y)
+    image = sitk.GetImageFromArray(values.permute(2, 1, 0).numpy(), isVector=True)  # (Y, X, 2) for SimpleITK
+    image.SetOrigin(fixed.origin)
+    image.SetSpacing(tuple(float(s * k) for s, k in zip(fixed.spacing, steps)))
+    image.SetDirection(fixed.direction)
+    composite = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(image)])
+    return composite, matrix.numpy(), notes
+
+
+def _frame_dict(frame: PhysicalFrame) -> dict:
+    return {"origin": list(frame.origin), "spacing": list(frame.spacing), "direction": list(frame.direction)}
+
+
+def transform_description(reg: Registration, physical: np.ndarray, notes: list[str]) -> dict:
+    """The content of ``transform.json``."""
+    fixed, moving, _ = _frames(reg)
+    return {
+        "fide_version": fide.__version__,
+        "direction": "fixed to moving: [x_m, y_m, 1] = matrix @ [x_f, y_f, 1]",
+        "pixel": {
+            "axes": "x = column, y = row; pixel centres at integers; full resolution",
+            "matrix": reg.affine.tolist(),
+            "fixed_size_xy": list(reg.fixed.shape),
+            "moving_size_xy": list(reg.moving.shape),
+        },
+        "physical": {
+            "axes": "ITK physical space of each file as SimpleITK.ReadImage gives it (LPS, its units)",
+            "matrix": physical.tolist(),
+            "fixed_frame": _frame_dict(fixed),
+            "moving_frame": _frame_dict(moving),
+        },
+        "pixel_size_um": {"fixed": reg.fixed.pixel_size_um, "moving": reg.moving.pixel_size_um},
+        "deformable": reg.deformable,
+        "quality": reg.quality,
+        "confidence": reg.confidence,
+        "mirrored": reg.mirrored,
+        "flagged": reg.flagged,
+        "notes": reg.notes + notes,
+    }
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = atomic_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_transform(path: Path, transform: sitk.Transform) -> None:
+    tmp = atomic_path(path)
+    try:
+        sitk.WriteTransform(transform, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_disp(path: Path, reg: Registration) -> Path | None:
+    width, height = reg.fixed.shape
+    if width * height > _DISP_MAX_PX:
+        reg.notes.append(
+            f"no disp.nii.gz: the fixed image has {width * height / 1e6:.0f} Mpx (transform.tfm has the map)"
+        )
+        return None
+    grid = geometry.identity_grid((width, height), like=torch.zeros((), dtype=torch.float64)).reshape(2, -1).T
+    disp = (reg.forward(grid) - grid).T.reshape(2, width, height)
+    return write_disp(path, disp.float())
+
+
+def save(reg: Registration, folder: Path, *, inverse: bool = False, qc: bool = True) -> dict[str, Path]:
+    """Write every output of one registration into ``folder`` (created); each file atomically.
+
+    Returns:
+        Output name → path (``disp`` missing above ``_DISP_MAX_PX``).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    disp = _write_disp(folder / "disp.nii.gz", reg)
+    if disp is not None:
+        written["disp"] = disp
+    transform, physical, notes = physical_transform(reg)
+    written["moving_warped"] = _write_warped(
+        folder / f"moving_warped{reg.moving.info.family}", reg.moving, reg.forward, reg.fixed, "moving_warped"
+    )
+    if inverse:
+        written["fixed_warped"] = _write_warped(
+            folder / f"fixed_warped{reg.fixed.info.family}", reg.fixed, reg.backward, reg.moving, "fixed_warped"
+        )
+    if qc:
+        from fide.qc import qc_figure  # matplotlib only when asked for
+
+        title = f"{Path(reg.fixed.name).name} ← {Path(reg.moving.name).name}: {reg.summary()}"
+        # drawn as (row, column) pictures, the way the files look in a viewer
+        fixed_rc, moving_rc = reg.working_fixed.pixels.transpose(1, 2), reg.working_moving.pixels.transpose(1, 2)
+        disp_rc = geometry.transpose_disp(reg.working_disp)
+        written["qc"] = qc_figure(fixed_rc, moving_rc, disp_rc, folder / "qc.png", title=title, failed=reg.flagged)
+    written["tfm"] = folder / "transform.tfm"
+    _write_transform(written["tfm"], transform)
+    written["json"] = folder / "transform.json"  # last: its presence marks a complete folder (resume)
+    _write_text(written["json"], json.dumps(transform_description(reg, physical, notes), indent=2) + "\n")
+    return written

@@ -1,0 +1,299 @@
+"""Registering two images of any size and pixel size: :func:`register` and its :class:`Registration`.
+
+Both images are reduced to a common working pixel size (so the scale between them is known, not searched for),
+``fide.pipeline.register_pair`` registers them there, and the result is carried back to each image's own full
+resolution pixel grid. Conventions: see :mod:`fide.align.source` (arrays (row, column[, channel]), points (x, y)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fide import geometry
+from fide.config import REFERENCE_SIDE_PX, FideConfig, config_from_dict
+from fide.features import ModalityEncoders
+from fide.optimise.confidence import flag_reason
+from fide.pipeline import RegistrationResult, register_pair
+from fide.warp_points import invert_points
+
+from .source import ImageSource, WorkingImage, open_source, working_image
+
+__all__ = ["Registration", "PixelMap", "register", "register_sources", "working_shapes", "WORKING_PX"]
+
+logger = logging.getLogger(__name__)
+
+WORKING_PX = REFERENCE_SIDE_PX  # fixed image's longest side during registration: the challenge's 834 px, where
+# every hyper-parameter was calibrated
+_FIELD_FLAT_PX = 1e-3  # a residual field below this everywhere is the affine itself
+
+
+@dataclass
+class PixelMap:
+    """A point map between full-resolution pixel grids: ``post(pre(p) + u(pre(p)))``, (x, y) order, float64.
+
+    Attributes:
+        pre: (3, 3) source full-resolution pixels to the field's grid (or straight to the target when no field).
+        field: (1, 2, h, w) displacement on that grid, its pixels, or None (an affine map).
+        post: (3, 3) the field's target grid to target full-resolution pixels.
+    """
+
+    pre: torch.Tensor
+    field: torch.Tensor | None = None
+    post: torch.Tensor = dataclasses.field(default_factory=lambda: torch.eye(3, dtype=torch.float64))
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        """(N, 2) source points, pixels, (x, y) → (N, 2) target points, float64."""
+        points = geometry.apply_affine_to_points(self.pre, points.to(torch.float64))
+        if self.field is not None:
+            points = geometry.map_points(points, self.field.to(torch.float64))
+        return geometry.apply_affine_to_points(self.post, points)
+
+    @property
+    def affine(self) -> torch.Tensor | None:
+        """The (3, 3) pixel affine when the map has no field."""
+        return self.post @ self.pre if self.field is None else None
+
+
+@dataclass
+class Registration:
+    """The result of :func:`register`: fixed (x, y) pixels map to moving (x, y) pixels, full resolution.
+
+    Attributes:
+        fixed, moving: the two inputs (metadata; pixels of arrays).
+        affine: (3, 3) float64 fixed-to-moving affine, full-resolution pixels, (x, y) = (column, row) order:
+            ``[x_m, y_m, 1] = affine @ [x_f, y_f, 1]``.
+        quality: full-resolution NMI of the label maps at working resolution, [0, 1], higher is better.
+        confidence: how likely the pose is right, [0, 1] (NaN where the engine does not estimate it).
+        mirrored: whether the affine reflects (det < 0).
+        deformable: whether a deformable residual is part of the map (``disp`` differs from the affine's).
+        flagged: the confidence is below ``confidence.flag_below``: the pose is likely wrong (``flag_reason`` says
+            why; check the QC picture).
+        notes: what a user should know, one line each.
+        seconds: wall time of the registration.
+        working: the fixed and moving images at working resolution (QC) and the working-resolution field.
+        confidence_basis, scores: what the confidence was read from (see :class:`fide.pipeline.RegistrationResult`).
+        flag_reason: one line on why the result is flagged (None when it is not).
+    """
+
+    fixed: ImageSource
+    moving: ImageSource
+    affine: np.ndarray
+    quality: float
+    confidence: float
+    mirrored: bool
+    deformable: bool
+    flagged: bool
+    notes: list[str]
+    seconds: float
+    working_fixed: WorkingImage
+    working_moving: WorkingImage
+    working_disp: torch.Tensor  # (1, 2, h, w) working pixels, fixed to moving
+    forward: PixelMap = dataclasses.field(repr=False, default=None)  # type: ignore[assignment]
+    _backward: PixelMap | None = dataclasses.field(repr=False, default=None)
+    confidence_basis: str = "none"
+    scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    flag_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            if self.deformable:
+                post = torch.linalg.inv(self.working_moving.to_working)
+                self.forward = PixelMap(self.working_fixed.to_working, self.working_disp, post)
+            else:
+                self.forward = PixelMap(torch.as_tensor(self.affine, dtype=torch.float64))
+
+    @property
+    def backward(self) -> PixelMap:
+        """Moving full-resolution pixels to fixed ones, for resampling (the inverse field is solved once on the
+        moving working grid and interpolated bilinearly; :meth:`warp_points` solves each point exactly instead)."""
+        if self._backward is None:
+            if not self.deformable:
+                self._backward = PixelMap(torch.linalg.inv(torch.as_tensor(self.affine, dtype=torch.float64)))
+            else:
+                shape = tuple(self.working_moving.pixels.shape[1:])
+                grid = geometry.identity_grid(shape, like=torch.zeros((), dtype=torch.float64))
+                points = grid.reshape(2, -1).T
+                inverse = invert_points(points, self.working_disp.to(torch.float64))
+                field_ = (inverse - points).T.reshape(1, 2, *shape)
+                post = torch.linalg.inv(self.working_fixed.to_working)
+                self._backward = PixelMap(self.working_moving.to_working, field_, post)
+        return self._backward
+
+    def warp_points(self, points: np.ndarray, *, inverse: bool = False) -> np.ndarray:
+        """Map (N, 2) fixed (x, y) pixel points to the moving image; ``inverse=True`` maps moving points back."""
+        array = np.asarray(points, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
+            raise ValueError(f"points must be a finite (N, 2) array of (x, y) pixels, got shape {array.shape}")
+        points = torch.from_numpy(array)
+        if not inverse:
+            return self.forward(points).numpy()
+        if not self.deformable:
+            return self.backward(points).numpy()
+        # solved per point on the working field (exact to 1e-6 working px), not read off the gridded inverse
+        working = geometry.apply_affine_to_points(self.working_moving.to_working, points)
+        solved = invert_points(working, self.working_disp.to(torch.float64))
+        return geometry.apply_affine_to_points(torch.linalg.inv(self.working_fixed.to_working), solved).numpy()
+
+    def warp(self, image: str | Path | np.ndarray | None = None, *, inverse: bool = False) -> np.ndarray:
+        """Resample an image on the moving grid onto the fixed grid (bilinear, 0 outside), full resolution.
+
+        Args:
+            image: a (rows, columns[, channels]) array or a file of the moving image's size (another stain,
+                a label image); the moving image itself when None. With ``inverse=True``: an image of the fixed
+                grid, resampled onto the moving grid.
+            inverse: resample from the fixed grid onto the moving grid instead.
+
+        Returns:
+            (rows, columns[, channels]) array of the target grid, the input's dtype (rounded and clipped).
+        """
+        from .export import warp_array  # the resampler lives with the writers that stream it
+
+        source = self.fixed if inverse else self.moving
+        if image is not None:
+            source = open_source(image, None, "image")
+        expected = (self.fixed if inverse else self.moving).shape
+        if source.shape != expected:
+            raise ValueError(
+                f"image must have the {'fixed' if inverse else 'moving'} grid's size {expected[::-1]} "
+                f"(rows, columns), got {source.shape[::-1]}"
+            )
+        target = self.moving if inverse else self.fixed
+        warped = warp_array(source.read(), self.backward if inverse else self.forward, target.shape)
+        out = np.transpose(warped, (1, 0, 2))
+        return out[:, :, 0] if out.shape[2] == 1 and (image is None or np.ndim(image) != 3) else out
+
+    def save(self, folder: str | Path, *, inverse: bool = False, qc: bool = True) -> dict[str, Path]:
+        """Write ``transform.tfm``, ``transform.json``, ``disp.nii.gz``, ``moving_warped.<ext>`` (and with
+        ``inverse`` ``fixed_warped.<ext>``) and ``qc.png`` into ``folder``; see :func:`fide.align.export.save`."""
+        from .export import save
+
+        return save(self, Path(folder), inverse=inverse, qc=qc)
+
+    def summary(self) -> str:
+        """One line: status, quality, confidence, seconds."""
+        status = f"flagged ({self.flag_reason})" if self.flagged else "ok"
+        confidence = f"{self.confidence:.2f}" if self.confidence == self.confidence else "n/a"
+        return f"{status}: quality {self.quality:.3f}, confidence {confidence}, {self.seconds:.1f} s" + (
+            f" ({'; '.join(self.notes)})" if self.notes else ""
+        )
+
+
+def working_shapes(
+    fixed: ImageSource, moving: ImageSource, working_px: int
+) -> tuple[tuple[int, int], tuple[int, int], list[str]]:
+    """Working (X, Y) sizes of both images at one common pixel size, and notes on assumed pixel sizes.
+
+    The working pixel size puts the fixed image's longest side at ``working_px`` (never finer than the fixed
+    image's own pixels). Without pixel sizes both images are taken to share one.
+    """
+    notes = []
+    size_f, size_m = fixed.pixel_size_um, moving.pixel_size_um
+    if size_f is None or size_m is None:
+        if size_f is not None or size_m is not None:
+            known = "fixed" if size_f is not None else "moving"
+            notes.append(f"only the {known} pixel size is known: the other image is assumed to share it")
+        size_f = size_m = size_f or size_m or (1.0, 1.0)
+    extent = max(n * s for n, s in zip(fixed.shape, size_f))
+    pixel = max(extent / working_px, min(size_f))
+    shape_f = tuple(max(8, round(n * s / pixel)) for n, s in zip(fixed.shape, size_f))
+    shape_m = tuple(max(8, round(n * s / pixel)) for n, s in zip(moving.shape, size_m))
+    return shape_f, shape_m, notes  # type: ignore[return-value]
+
+
+def register_sources(
+    fixed: ImageSource,
+    moving: ImageSource,
+    cfg: FideConfig,
+    *,
+    working_px: int = WORKING_PX,
+    device: torch.device | str | None = None,
+    encoders: ModalityEncoders | None = None,
+) -> Registration:
+    """Register two opened sources (see :func:`register`)."""
+    start = time.perf_counter()
+    shape_f, shape_m, notes = working_shapes(fixed, moving, working_px)
+    work_f, work_m = working_image(fixed, shape_f), working_image(moving, shape_m)
+    logger.info("%s -> %s: registering at %s / %s px (x, y)", fixed.name, moving.name, shape_f, shape_m)
+    result: RegistrationResult = register_pair(work_f.pixels, work_m.pixels, cfg, device=device, encoders=encoders)
+    affine_w = result.affine.detach().cpu().to(torch.float64)
+    affine = torch.linalg.inv(work_m.to_working) @ affine_w @ work_f.to_working
+    disp = result.disp.detach().cpu().float()
+    residual = disp - geometry.affine_to_disp(affine_w[None].float(), disp.shape[2:])
+    deformable = bool(residual.abs().max() > _FIELD_FLAT_PX)
+    quality = float(result.quality)
+    reason = flag_reason(result.confidence, result.confidence_basis, result.scores, cfg.confidence)
+    return Registration(
+        fixed,
+        moving,
+        affine.numpy(),
+        quality,
+        float(result.confidence),
+        bool(torch.linalg.det(affine[:2, :2]) < 0),
+        deformable,
+        reason is not None,
+        notes + list(result.notes),
+        time.perf_counter() - start,
+        work_f,
+        work_m,
+        disp,
+        confidence_basis=result.confidence_basis,
+        scores=dict(result.scores),
+        flag_reason=reason,
+    )
+
+
+def register(
+    fixed: str | Path | np.ndarray,
+    moving: str | Path | np.ndarray,
+    cfg: FideConfig | dict | None = None,
+    *,
+    fixed_pixel_size: float | tuple[float, float] | None = None,
+    moving_pixel_size: float | tuple[float, float] | None = None,
+    working_px: int = WORKING_PX,
+    device: torch.device | str | None = None,
+    encoders: ModalityEncoders | None | str = "auto",
+    seed: int | None = None,
+) -> Registration:
+    """Register a moving image (e.g. bright field) to a fixed one (e.g. SHG): the notebook entry point.
+
+    Args:
+        fixed: image file or numpy array (rows, columns[, channels]); grey, RGB or RGBA, any bit depth.
+        moving: the same for the moving image; its size and pixel size may differ.
+        cfg: a :class:`fide.config.FideConfig` or a dict of its tree (e.g. ``{"deformable": {"enabled": True}}``).
+        fixed_pixel_size: µm per pixel (one value or (x, y)); overrides the file's metadata.
+        moving_pixel_size: the same for the moving image.
+        working_px: longest side of the fixed image during registration.
+        device: "cpu", "cuda" or None (CPU).
+        encoders: "auto" loads the configured learned encoders (``cfg.encoder``), None uses handcrafted features.
+        seed: overrides ``cfg.seed``; every random choice follows it.
+
+    Returns:
+        A :class:`Registration`; ``fide align`` writes ``.save(OUT)`` of the same result.
+
+    Examples::
+
+        >>> import fide
+        >>> reg = fide.register("shg.ome.tif", "bright_field.ome.tif")   # doctest: +SKIP
+        >>> reg.warp_points([[100.0, 50.0]])                              # doctest: +SKIP
+    """
+    if isinstance(cfg, dict):
+        cfg = config_from_dict(cfg)
+    cfg = cfg or FideConfig()
+    if seed is not None:
+        cfg.seed = seed
+    from fide.cli._common import seed_everything
+
+    seed_everything(cfg.seed)
+    if isinstance(encoders, str):
+        from fide.features.select import resolve_encoders
+
+        encoders = resolve_encoders(cfg.encoder, torch.device(device) if device else None)
+    sources = open_source(fixed, fixed_pixel_size, "fixed"), open_source(moving, moving_pixel_size, "moving")
+    return register_sources(*sources, cfg, working_px=working_px, device=device, encoders=encoders)

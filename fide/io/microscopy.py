@@ -1,0 +1,276 @@
+"""Microscopy image files for ``fide align``: TIFF/OME-TIFF pyramids (tifffile), PNG, JPEG, NIfTI, MHA/NRRD.
+
+Arrays here are in fide's array order: ``(X, Y, C)`` with axis 0 = ITK index 0 (x, the column of a TIFF/PNG; the
+nibabel axis i of a NIfTI), axis 1 = ITK index 1, channels last, in the file's own dtype. Pixel sizes are micrometres
+per pixel along (x, y). The ITK frame of a file is what ``SimpleITK.ReadImage`` reports for it (header only), the
+physical space a ``transform.tfm`` must use. No maths here beyond unit conversion.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import tifffile
+
+from fide.geometry import PhysicalFrame
+
+from .dataset import DatasetError
+from .fields import atomic_path
+from .images import _read_array
+
+__all__ = ["ImageInfo", "inspect_image", "read_level", "format_family", "write_warped_tiff", "write_warped_sitk"]
+
+logger = logging.getLogger(__name__)
+
+_TIFF = (".tif", ".tiff", ".btf", ".tf8", ".svs")
+_FAMILIES = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpg", ".nii": ".nii.gz", ".nii.gz": ".nii.gz"}
+_FAMILIES.update({".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd"})
+_UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
+_PLAUSIBLE_UM = (1e-3, 1e3)  # a microscope pixel lies between 1 nm and 1 mm
+_SCREEN_DPI = (72.0, 96.0)  # resolution tags left at a screen default say nothing about the specimen
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ``fide align`` needs to know about an image file before reading its pixels.
+
+    Attributes:
+        path: the file.
+        levels: (X, Y) shape of every resolution level, full resolution first (one entry without a pyramid).
+        channels: samples per pixel (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA).
+        dtype: the pixel type on disk.
+        pixel_size_um: (x, y) micrometres per pixel from the metadata, or None when absent or implausible.
+        frame: the ITK physical frame ``SimpleITK.ReadImage`` gives the file, or None when SimpleITK cannot read it.
+        family: output suffix of the file's format family (``.ome.tif``, ``.png``, ``.jpg``, ``.nii.gz``, ...).
+    """
+
+    path: Path
+    levels: tuple[tuple[int, int], ...]
+    channels: int
+    dtype: np.dtype
+    pixel_size_um: tuple[float, float] | None
+    frame: PhysicalFrame | None
+    family: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.levels[0]
+
+
+def format_family(path: str | Path) -> str:
+    """The output suffix for images of ``path``'s format family (OME-TIFF for every TIFF flavour)."""
+    name = Path(path).name.lower()
+    if name.endswith(_TIFF):
+        return ".ome.tif"
+    for suffix, family in _FAMILIES.items():
+        if name.endswith(suffix):
+            return family
+    raise DatasetError(f"{path}: unsupported image format (TIFF, PNG, JPEG, NIfTI, MHA or NRRD expected)")
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.name.lower().endswith(_TIFF)
+
+
+def _plausible(size: tuple[float, float] | None) -> tuple[float, float] | None:
+    if size is None or not all(math.isfinite(v) and _PLAUSIBLE_UM[0] <= v <= _PLAUSIBLE_UM[1] for v in size):
+        return None
+    return float(size[0]), float(size[1])
+
+
+def _ome_pixel_size(tif: tifffile.TiffFile) -> tuple[float, float] | None:
+    if not tif.is_ome or not tif.ome_metadata:
+        return None
+    pixels = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+    pixels = (pixels[0] if isinstance(pixels, list) else pixels).get("Pixels", {})
+    try:
+        sizes = [
+            float(pixels[f"PhysicalSize{a}"]) * _UM_PER_UNIT[pixels.get(f"PhysicalSize{a}Unit", "µm")] for a in "XY"
+        ]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return sizes[0], sizes[1]
+
+
+def _tiff_resolution(page: tifffile.TiffPage) -> tuple[float, float] | None:
+    """Pixel size from XResolution/YResolution (pixels per unit) and ResolutionUnit (2 inch, 3 cm)."""
+    tags = page.tags
+    if "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    unit = {2: 25400.0, 3: 10000.0}.get(int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2)
+    values = []
+    for key in ("XResolution", "YResolution"):
+        numerator, denominator = tags[key].value
+        values.append(numerator / denominator if denominator else 0.0)
+    if unit is None or min(values) <= 0 or (unit == 25400.0 and values[0] in _SCREEN_DPI):
+        return None
+    return unit / values[0], unit / values[1]
+
+
+def _sitk_frame(path: Path) -> PhysicalFrame | None:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return PhysicalFrame.of_image(reader)
+
+
+def _inspect_tiff(path: Path) -> ImageInfo:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes.replace("S", "C") if "C" not in series.axes else series.axes
+            levels, channels = [], 1
+            for level in series.levels:
+                shape = dict(zip(axes, level.shape))
+                levels.append((int(shape["X"]), int(shape["Y"])))
+                channels = int(shape.get("C", 1))
+            if "C" in series.axes and channels not in (1, 3):  # separate channel pages, not samples: no alpha
+                raise DatasetError(
+                    f"{path}: {channels} separate channels; expected 1 (grey) or 3 (RGB); extract one channel first"
+                )
+            extra = {a: n for a, n in zip(axes, series.shape) if a not in "XYC" and n > 1}
+            if extra:
+                raise DatasetError(f"{path}: expected one 2D image, found extra axes {extra} (split the stack first)")
+            size = _ome_pixel_size(tif) or _tiff_resolution(series.levels[0].keyframe)
+            dtype = np.dtype(series.dtype)
+    except DatasetError:
+        raise
+    except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error, ... on damaged files
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise DatasetError(f"{path}: cannot read TIFF, damaged or not a TIFF ({reason})") from None
+    return ImageInfo(path, tuple(levels), channels, dtype, _plausible(size), _sitk_frame(path), ".ome.tif")
+
+
+def inspect_image(path: str | Path) -> ImageInfo:
+    """Shape, channels, dtype, pixel size and ITK frame of an image file, without decoding its pixels (TIFF).
+
+    Raises:
+        DatasetError: missing, unreadable or unsupported file, or not a single 2D image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: image file not found")
+    family = format_family(path)
+    if _is_tiff(path):
+        return _inspect_tiff(path)
+    frame = _sitk_frame(path)
+    array = _read_array(path)  # small formats: reading is the cheapest way to know the layout
+    spatial = [n for n in array.shape[:3]]
+    channels = int(np.prod(array.shape[2:])) if array.ndim > 2 else 1
+    size = None
+    if family in (".nii.gz", ".mha", ".nrrd") and frame is not None and frame.spacing[:2] != (1.0, 1.0):
+        size = (frame.spacing[0] * 1e3, frame.spacing[1] * 1e3)  # ITK spacing of medical formats is in mm
+    return ImageInfo(path, ((spatial[0], spatial[1]),), channels, array.dtype, _plausible(size), frame, family)
+
+
+def read_level(info: ImageInfo, level: int = 0) -> np.ndarray:
+    """The pixels of one resolution level: (X, Y, C) in the file's dtype, fide array order.
+
+    TIFFs are read with tifffile (pyramids, BigTIFF, OME); a TIFF compression tifffile cannot decode without
+    ``imagecodecs`` (JPEG, LZW) is read with SimpleITK instead, at full resolution whatever ``level`` asked for
+    (the returned array's shape says which).
+    """
+    path = info.path
+    if not _is_tiff(path):
+        array = _read_array(path)
+        return array.reshape(array.shape[0], array.shape[1], -1)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array = series.levels[level].asarray()
+            axes = series.axes.replace("S", "C") if "C" not in series.axes else series.axes
+    except Exception as err:  # noqa: BLE001 - missing codec or damaged file: SimpleITK is the second reader
+        # SimpleITK reads the full-resolution page only; callers take the level's size from the array they get
+        logger.info("%s: tifffile cannot decode level %d (%s); reading with SimpleITK", path, level, str(err)[:160])
+        array = _read_array(path)
+        return array.reshape(array.shape[0], array.shape[1], -1)
+    squeezed = "".join(a for a, n in zip(axes, array.shape) if a in "XYC" or n > 1)
+    array = array.reshape([n for a, n in zip(axes, array.shape) if a in "XYC" or n > 1])
+    order = [squeezed.index("X"), squeezed.index("Y")] + ([squeezed.index("C")] if "C" in squeezed else [])
+    array = np.transpose(array, order)  # (rows, columns[, samples]) -> (X, Y[, C])
+    return array if array.ndim == 3 else array[:, :, None]
+
+
+def write_warped_tiff(
+    path: Path,
+    shape_xy: tuple[int, int],
+    channels: int,
+    dtype: np.dtype,
+    bands: Iterator[np.ndarray],
+    rows_per_band: int,
+    pixel_size_um: tuple[float, float] | None,
+) -> Path:
+    """Write an OME-TIFF (BigTIFF, zlib strips) from bands of rows, never holding the whole image; atomically.
+
+    Args:
+        path: destination ``.ome.tif``.
+        shape_xy: (X, Y) size of the image.
+        channels: 1 (grey) or 3 (RGB).
+        dtype: pixel type.
+        bands: consecutive bands of ``rows_per_band`` rows (the last may be shorter), each (rows, X, C) in the
+            TIFF's (row, column, sample) order.
+        rows_per_band: rows per band and per TIFF strip.
+        pixel_size_um: (x, y) micrometres per pixel, written as OME PhysicalSize and TIFF resolution (cm).
+    """
+    width, height = shape_xy
+
+    def encoded() -> Iterator[bytes]:
+        for band in bands:
+            yield zlib.compress(np.ascontiguousarray(band, dtype=dtype).tobytes(), 6)
+
+    metadata: dict = {"axes": "YXS" if channels > 1 else "YX"}
+    extra: dict = {}
+    if pixel_size_um is not None:
+        metadata.update(PhysicalSizeX=pixel_size_um[0], PhysicalSizeY=pixel_size_um[1])
+        extra = {"resolution": (1e4 / pixel_size_um[0], 1e4 / pixel_size_um[1]), "resolutionunit": "CENTIMETER"}
+    tmp = atomic_path(path)
+    try:
+        tifffile.imwrite(
+            tmp,
+            encoded(),
+            shape=(height, width, channels) if channels > 1 else (height, width),
+            dtype=dtype,
+            photometric="rgb" if channels == 3 else "minisblack",
+            rowsperstrip=rows_per_band,
+            compression="zlib",
+            bigtiff=True,
+            metadata=metadata,
+            **extra,
+        )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_warped_sitk(path: Path, array: np.ndarray, frame: PhysicalFrame | None) -> Path:
+    """Write a (X, Y, C) array with SimpleITK (PNG, JPEG, NIfTI, MHA, NRRD) on the given frame; atomically."""
+    data = np.ascontiguousarray(np.transpose(array, (1, 0, 2)))  # SimpleITK wants (rows, columns, components)
+    image = sitk.GetImageFromArray(data if data.shape[2] > 1 else data[:, :, 0], isVector=data.shape[2] > 1)
+    if frame is not None and frame.dimension == 2:
+        image.SetOrigin(frame.origin)
+        image.SetSpacing(frame.spacing)
+        image.SetDirection(frame.direction)
+    elif frame is not None:  # a NIfTI with a size-1 third axis: keep that axis so the overlay matches the fixed file
+        image = sitk.JoinSeries(image)
+        image.SetOrigin(frame.origin)
+        image.SetSpacing(frame.spacing)
+        image.SetDirection(frame.direction)
+    tmp = atomic_path(path)
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=path.suffix != ".jpg")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
