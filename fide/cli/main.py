@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    configure_threads(getattr(args, "threads", None))  # cores this process may use (affinity, cgroup quota)
+    # cores this process may use (affinity, cgroup quota); fide train's --threads 0 also means the default
+    configure_threads(getattr(args, "threads", None) or None)
     try:
         return int(args.run(args) or 0)
     except DatasetError as err:
