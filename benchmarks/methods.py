@@ -61,15 +61,21 @@ class Method:
 
 
 def _fide_runner(
-    stages: str = "deformable", features: str | None = None, method: str = "fide", deformable: bool = False
+    stages: str = "deformable",
+    features: str | None = None,
+    method: str = "fide",
+    deformable: bool = False,
+    mirror: str = "auto",
 ) -> Runner:
-    """fide through ``fide.runner.register_pairs``; ``features`` pins ``cfg.encoder.features`` for this row and
-    ``deformable`` turns on the optional deformable residual (off by default)."""
+    """fide through ``fide.runner.register_pairs``; ``features`` pins ``cfg.encoder.features`` for this row,
+    ``deformable`` turns on the optional deformable residual (off by default) and ``mirror`` sets
+    ``cfg.search.mirror`` (what the mirror search costs)."""
 
     def run(pairs: list[Pair], out: Path, options: RunOptions) -> pd.DataFrame:
         cfg = FideConfig(stages=stages)
         cfg.encoder.features = features or options.features or cfg.encoder.features
         cfg.deformable.enabled = deformable
+        cfg.search.mirror = mirror
         if method == "fide":
             logger.info("fide config: stages=%s, encoder.features=%s", cfg.stages, cfg.encoder.features)
         seed_everything(cfg.seed)  # as `fide register` does
@@ -154,6 +160,7 @@ METHODS: dict[str, Method] = {
     "fide-handcrafted": Method("fide (handcrafted)", _fide_runner(features="handcrafted")),
     "fide-handcrafted-prealign": Method("fide (handcrafted, stages=prealign)", _fide_runner("prealign", "handcrafted")),
     "fide-deformable": Method("fide (+ deformable residual)", _fide_runner(deformable=True)),
+    "fide-no-mirror": Method("fide (mirror search off)", _fide_runner(mirror="never")),
     "zero": Method("zero field", _fide_runner(method="zero")),
     "elastix-affine": Method(
         "elastix affine (MI)",

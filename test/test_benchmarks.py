@@ -137,10 +137,15 @@ def test_method_registry():
 
 
 @pytest.mark.parametrize(
-    ("name", "stages", "deformable"),
-    [("fide", "deformable", False), ("fide-deformable", "deformable", True), ("fide-prealign", "prealign", False)],
+    ("name", "stages", "deformable", "mirror"),
+    [
+        ("fide", "deformable", False, "auto"),
+        ("fide-deformable", "deformable", True, "auto"),
+        ("fide-prealign", "prealign", False, "auto"),
+        ("fide-no-mirror", "deformable", False, "never"),
+    ],
 )
-def test_fide_rows_pass_their_configuration(name, stages, deformable, monkeypatch, tmp_path):
+def test_fide_rows_pass_their_configuration(name, stages, deformable, mirror, monkeypatch, tmp_path):
     import methods
 
     seen = {}
@@ -152,6 +157,7 @@ def test_fide_rows_pass_their_configuration(name, stages, deformable, monkeypatc
     monkeypatch.setattr(methods, "register_pairs", fake_register_pairs)
     methods.METHODS[name].run([], tmp_path, methods.RunOptions(features="handcrafted"))
     assert seen["cfg"].stages == stages and seen["cfg"].deformable.enabled is deformable
+    assert seen["cfg"].search.mirror == mirror
 
 
 def test_soak_task_gives_every_listed_pair_its_own_case(tmp_path):
