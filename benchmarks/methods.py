@@ -66,16 +66,18 @@ def _fide_runner(
     method: str = "fide",
     deformable: bool = False,
     mirror: str = "auto",
+    max_rotation_deg: float = 180.0,
 ) -> Runner:
     """fide through ``fide.runner.register_pairs``; ``features`` pins ``cfg.encoder.features`` for this row,
     ``deformable`` turns on the optional deformable residual (off by default) and ``mirror`` sets
-    ``cfg.search.mirror`` (what the mirror search costs)."""
+    ``cfg.search.mirror`` (what the mirror search costs); ``max_rotation_deg`` is a known rotation range."""
 
     def run(pairs: list[Pair], out: Path, options: RunOptions) -> pd.DataFrame:
         cfg = FideConfig(stages=stages)
         cfg.encoder.features = features or options.features or cfg.encoder.features
         cfg.deformable.enabled = deformable
         cfg.search.mirror = mirror
+        cfg.search.max_rotation_deg = max_rotation_deg
         if method == "fide":
             logger.info("fide config: stages=%s, encoder.features=%s", cfg.stages, cfg.encoder.features)
         seed_everything(cfg.seed)  # as `fide register` does
@@ -161,6 +163,8 @@ METHODS: dict[str, Method] = {
     "fide-handcrafted-prealign": Method("fide (handcrafted, stages=prealign)", _fide_runner("prealign", "handcrafted")),
     "fide-deformable": Method("fide (+ deformable residual)", _fide_runner(deformable=True)),
     "fide-no-mirror": Method("fide (mirror search off)", _fide_runner(mirror="never")),
+    # what a user who knows the challenge's range says: --max-rotation 20 --mirror never
+    "fide-challenge": Method("fide (±20°, no mirror)", _fide_runner(mirror="never", max_rotation_deg=20.0)),
     "zero": Method("zero field", _fide_runner(method="zero")),
     "elastix-affine": Method(
         "elastix affine (MI)",

@@ -143,6 +143,7 @@ def test_method_registry():
         ("fide-deformable", "deformable", True, "auto"),
         ("fide-prealign", "prealign", False, "auto"),
         ("fide-no-mirror", "deformable", False, "never"),
+        ("fide-challenge", "deformable", False, "never"),
     ],
 )
 def test_fide_rows_pass_their_configuration(name, stages, deformable, mirror, monkeypatch, tmp_path):
@@ -158,6 +159,7 @@ def test_fide_rows_pass_their_configuration(name, stages, deformable, mirror, mo
     methods.METHODS[name].run([], tmp_path, methods.RunOptions(features="handcrafted"))
     assert seen["cfg"].stages == stages and seen["cfg"].deformable.enabled is deformable
     assert seen["cfg"].search.mirror == mirror
+    assert seen["cfg"].search.max_rotation_deg == (20.0 if name == "fide-challenge" else 180.0)
 
 
 def test_soak_task_gives_every_listed_pair_its_own_case(tmp_path):
