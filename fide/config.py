@@ -49,6 +49,9 @@ class PreprocessConfig:
     bf_fill_value: float = 40 / 255  # fide: unsaturated and this dark is black corner fill, not tissue
     min_side_px: int = 16  # fide: smaller images are refused before registration (fide.preprocess.signal)
     min_signal_fraction: float = 0.02  # fide: SHG footprint / BF tissue below this is "no signal" (real SHG >= 0.15)
+    # fide: a bright-field pixel this many grey levels (0-255) off the image's median colour is structure, not
+    # background noise; pale stains the H&E tissue mask misses (HISTOLM's) still count as tissue
+    bf_structure_levels: float = 15.0
 
 
 @dataclass

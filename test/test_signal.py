@@ -87,3 +87,15 @@ def test_large_images_are_judged_on_a_pooled_copy():
 def test_wrong_shape_is_a_value_error():
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         signal_problem(torch.zeros(4, 32, 32))
+
+
+def test_a_pale_unsaturated_stain_is_not_refused():
+    """A stain the H&E tissue mask misses (pale, unsaturated: immunohistochemistry, as HISTOLM's) is still tissue."""
+    grid = torch.stack(torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij"))
+    blob = ((grid - 64).pow(2).sum(0) < 40**2).float()
+    pale = 246 - 40 * blob[None].expand(3, -1, -1).clone()  # grey and bright (206): the mask calls it background
+    pale[2] += 6 * blob  # a faint blue tint
+    from fide.preprocess.masks import bf_tissue
+
+    assert float(bf_tissue(pale[None]).float().mean()) < 0.02  # the H&E mask sees nothing
+    assert signal_problem(pale) is None

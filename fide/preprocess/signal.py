@@ -65,9 +65,14 @@ def signal_problem(image: torch.Tensor, cfg: PreprocessConfig | None = None) -> 
             )
         return None
     fraction = float(bf_tissue(pooled, cfg).float().mean())
-    if fraction < cfg.min_signal_fraction:
+    # pale, unsaturated stains (immunohistochemistry, faded H&E) escape the H&E tissue mask but still differ
+    # from their background: only an image that does neither is empty
+    background = pooled.flatten(2).median(dim=2).values[..., None, None]
+    structure = float(((pooled - background).abs().amax(1) > cfg.bf_structure_levels).float().mean())
+    if max(fraction, structure) < cfg.min_signal_fraction:
         return (
-            f"bright-field image shows no tissue (tissue mask covers {100 * fraction:.1f} % of the image, at least "
+            f"bright-field image shows no tissue (tissue mask covers {100 * fraction:.1f} % of the image and pixels "
+            f"{cfg.bf_structure_levels:g} grey levels off the background {100 * structure:.1f} %, at least "
             f"{100 * cfg.min_signal_fraction:g} % needed)"
         )
     return None
