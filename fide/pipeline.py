@@ -222,7 +222,9 @@ def register_pair(
         notes.append(note)
         lap("fibres")
     if texture is not None and texture_score >= cfg.fibres.verify_below and cfg.fibres.polish_iterations > 0:
-        best_affine, best_quality, texture_score = _polish(inputs, texture, cfg.fibres, best_affine, best_quality)
+        best_affine, best_quality, texture_score = _polish(
+            inputs, texture, cfg.fibres, best_affine, best_quality, texture_score
+        )
         stage_affines["polish"] = best_affine
         lap("polish")
     scores = {"nmi": best_quality, "texture": texture_score}
@@ -311,14 +313,18 @@ def _fibre_fallback(
 
 
 def _polish(
-    inputs: _PairInputs, texture: FibreTexture, cfg: FibreConfig, affine: torch.Tensor, quality: float
+    inputs: _PairInputs,
+    texture: FibreTexture,
+    cfg: FibreConfig,
+    affine: torch.Tensor,
+    quality: float,
+    start_score: float,
 ) -> tuple[torch.Tensor, float, float]:
     """The last affine step at full resolution, on the fibre texture (the finest structure both images share).
 
-    Kept only if the full-resolution NMI stays within ``polish_nmi_tolerance`` of the pose it started from.
-    Returns the affine, its NMI and its texture NCC.
+    Kept only if the full-resolution NMI stays within ``polish_nmi_tolerance`` of the pose it started from
+    (``quality``, texture NCC ``start_score``). Returns the affine, its NMI and its texture NCC.
     """
-    start_score = texture.score(affine)
     refined, score = texture.refine(affine, cfg.polish_iterations, cfg.polish_learning_rate)
     refined_quality = inputs.quality(refined)
     logger.debug("polish: texture %.4f -> %.4f, NMI %.4f -> %.4f", start_score, score, quality, refined_quality)

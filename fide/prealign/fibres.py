@@ -318,15 +318,12 @@ def _fit_texture(
     fine: _Level, texture: FibreTexture, affine: torch.Tensor, cfg: FibreConfig
 ) -> tuple[torch.Tensor, float]:
     """Continuous fits on the texture: at the fine level, then the finest texture at full resolution."""
-    score = 0.0
-    for level in (fine, texture.level):
-        fitted, score = refine_on_patches(
-            level.fixed_band,
-            level.moving_band,
-            level.patches,
-            level.down(affine),
-            cfg.refine_iterations,
-            cfg.refine_learning_rate,
-        )
-        affine = level.up(fitted)
-    return affine, score
+    fitted, _ = refine_on_patches(
+        fine.fixed_band,
+        fine.moving_band,
+        fine.patches,
+        fine.down(affine),
+        cfg.refine_iterations,
+        cfg.refine_learning_rate,
+    )
+    return texture.refine(fine.up(fitted), cfg.refine_iterations, cfg.refine_learning_rate)
