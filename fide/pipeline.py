@@ -307,8 +307,16 @@ def _fibre_fallback(
     if match is None:
         return affine, quality, texture.score(affine), "fibre fallback: no confirmed match"
     scores = f"texture NCC {match.texture_score:.3f} vs {match.current_score:.3f}"
-    if match.texture_score > max(cfg.fibres.accept_ratio * match.current_score, 0.0):
-        return match.affine, inputs.quality(match.affine), match.texture_score, f"fibre fallback kept: {scores}"
+    match_quality = inputs.quality(match.affine)
+    # where the label maps carry signal (NMI above the flag), a texture match must not lower it: at 512 px a pose
+    # 2 px off scores little texture, and a texture match elsewhere (13 px, NMI 0.071 vs 0.091) had replaced it
+    informative = quality >= cfg.optimise.quality_flag_below
+    if match.texture_score > max(cfg.fibres.accept_ratio * match.current_score, 0.0) and (
+        not informative or match_quality >= quality
+    ):
+        return match.affine, match_quality, match.texture_score, f"fibre fallback kept: {scores}"
+    if informative and match_quality < quality:
+        scores += f", NMI {match_quality:.3f} vs {quality:.3f}"
     return affine, quality, match.current_score, f"fibre fallback not kept: {scores}"
 
 
