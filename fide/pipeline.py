@@ -308,14 +308,14 @@ def _fibre_fallback(
         return affine, quality, texture.score(affine), "fibre fallback: no confirmed match"
     scores = f"texture NCC {match.texture_score:.3f} vs {match.current_score:.3f}"
     match_quality = inputs.quality(match.affine)
-    # where the label maps carry signal (NMI above the flag), a texture match must not lower it: at 512 px a pose
-    # 2 px off scores little texture, and a texture match elsewhere (13 px, NMI 0.071 vs 0.091) had replaced it
+    # where the label maps carry signal (NMI above the flag), a texture match must not lower it much: at 512 px a
+    # pose 2 px off scores little texture, and a match elsewhere (13 px, NMI 0.071 vs 0.091) had replaced it, while
+    # a true rescue from a wrong mirrored pose scored NMI 0.058 vs 0.062
     informative = quality >= cfg.optimise.quality_flag_below
-    if match.texture_score > max(cfg.fibres.accept_ratio * match.current_score, 0.0) and (
-        not informative or match_quality >= quality
-    ):
+    nmi_kept = not informative or match_quality >= (1 - cfg.fibres.nmi_tolerance) * quality
+    if match.texture_score > max(cfg.fibres.accept_ratio * match.current_score, 0.0) and nmi_kept:
         return match.affine, match_quality, match.texture_score, f"fibre fallback kept: {scores}"
-    if informative and match_quality < quality:
+    if not nmi_kept:
         scores += f", NMI {match_quality:.3f} vs {quality:.3f}"
     return affine, quality, match.current_score, f"fibre fallback not kept: {scores}"
 
