@@ -102,6 +102,12 @@ class FibreConfig:
     patches: int = 3  # the largest patches vote on the grids
     patch_max_radius_px: float = 150.0  # wider patches are cut to this disk
     angle_step_deg: float = 6.0  # fide: a patch's texture still correlates ~3° and 3 % off its pose
+    # fide: the grid searches unmirrored poses at these scales first (same pixel size: the usual pair) and stops
+    # when one is confirmed; the other scales, then mirrored poses, only if not
+    likely_scales: tuple[float, float] = (0.9, 1.1)
+    # fide: distinct poses of each grid shell that are checked (each costs ~0.2 s); on dense synthetic centre
+    # patches the true pose ranked 2nd or 3rd, a few hundredths of a vote below a wrong one
+    grid_candidates: int = 4
     scale_step: float = 0.06
     pool_px: int = 2  # tolerance of each vote, pixels at size_px, for the grid's pose error
     refine_size_px: int = 417  # per-patch location and first continuous fit

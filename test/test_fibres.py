@@ -135,3 +135,33 @@ def test_texture_contrast_is_a_peak_at_the_truth_only(sparse_pair):
     at_truth = texture.contrast(truth, shift_px=30.0)
     assert at_truth > 0.5
     assert abs(texture.contrast(truth @ similarity(70.0, 1.0, SIZE), shift_px=30.0)) < 0.25 * at_truth
+
+
+def test_grid_shells_put_unmirrored_likely_scales_first():
+    from fide.prealign.fibre_match import similarity_grid
+
+    linear = similarity_grid(0.8, 1.25, 30.0, 0.06, mirrors=(False, True))
+    shells = fibres._grid_shells(linear, (0.9, 1.1))
+    assert sum(len(shell) for shell in shells) == len(linear)
+    dets = [torch.linalg.det(shell) for shell in shells]
+    scales = [det.abs().sqrt() for det in dets]
+    assert bool((dets[0] > 0).all() and (dets[1] > 0).all() and (dets[2] < 0).all() and (dets[3] < 0).all())
+    assert bool(((scales[0] >= 0.9 - 1e-6) & (scales[0] <= 1.1 + 1e-6)).all())
+    assert bool(((scales[1] < 0.9) | (scales[1] > 1.1)).all())
+    assert len(fibres._grid_shells(linear[torch.linalg.det(linear) > 0], (0.9, 1.1))) == 2  # no empty shells
+
+
+def test_the_grid_stops_at_the_first_shell_that_confirms_a_pose(sparse_pair, monkeypatch):
+    """An unmirrored pair searched with mirrored poses allowed: the mirrored shells are never scored."""
+    fixed, moving, truth = sparse_pair
+    searched = []
+    original = fibres._best_poses
+
+    def spy(level, linear, *args):
+        searched.append(bool((torch.linalg.det(linear) < 0).any()))
+        return original(level, linear, *args)
+
+    monkeypatch.setattr(fibres, "_best_poses", spy)
+    match = fibres.fibre_search(fixed, moving, SMALL, (0.9, 1.25), mirrors=(False, True))
+    assert match is not None and match.texture_score >= SMALL.verify_below
+    assert searched and not any(searched)

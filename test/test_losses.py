@@ -1,9 +1,9 @@
-"""Similarity losses: label NMI and the MONAI LNCC wrapper."""
+"""Similarity losses: label NMI (and its joint histogram), the MONAI LNCC wrapper and the fixed-image LNCC."""
 
 import pytest
 import torch
 
-from fide.optimise.losses import LabelNMILoss, make_lncc, soft_level_sets
+from fide.optimise.losses import FixedImageLNCC, LabelNMILoss, joint_label_histogram, make_lncc, soft_level_sets
 
 
 def test_soft_level_sets_partition_of_unity():
@@ -45,3 +45,42 @@ def test_lncc_is_minus_one_for_identical_images_and_checks_kernel():
 def test_nmi_shape_mismatch_raises():
     with pytest.raises(ValueError, match="must share"):
         LabelNMILoss(3).nmi(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 5, 4), torch.ones(1, 1, 4, 4))
+
+
+def test_fixed_image_lncc_equals_monai_lncc_in_value_and_gradient():
+    generator = torch.Generator().manual_seed(3)
+    fixed = torch.rand(2, 2, 40, 37, generator=generator)
+    fixed[..., :10, :] = 0  # flat windows: the variance clamp must act as in MONAI
+    moving = torch.rand(2, 2, 40, 37, generator=generator, dtype=torch.float32).requires_grad_(True)
+    reference = make_lncc(9)(moving, fixed)
+    (reference_grad,) = torch.autograd.grad(reference, moving)
+    ours = FixedImageLNCC(fixed, 9)(moving)
+    (grad,) = torch.autograd.grad(ours, moving)
+    assert abs(float(ours) - float(reference)) < 1e-5
+    assert float((grad - reference_grad).abs().max()) < 1e-4 * float(reference_grad.abs().max())
+    with pytest.raises(ValueError, match="must match"):
+        FixedImageLNCC(fixed, 9)(moving[:, :1])
+    with pytest.raises(ValueError, match="odd"):
+        FixedImageLNCC(fixed, 4)
+
+
+@pytest.mark.parametrize("num_labels", [2, 3, 8])
+def test_joint_histogram_equals_the_level_set_products(num_labels):
+    """The scatter-add histogram is the einsum of the soft level sets, in value and in gradient (away from integer
+    label values, where the level sets have kinks)."""
+    generator = torch.Generator().manual_seed(num_labels)
+    pred = torch.randint(0, num_labels, (2, 1, 20, 21), generator=generator).float()  # fixed labels: integers
+    target = (torch.rand(2, 1, 20, 21, generator=generator) * (num_labels - 1)).requires_grad_(True)
+    mask = torch.rand(2, 1, 20, 21, generator=generator)
+    weights = torch.rand(2, num_labels, num_labels, generator=generator)
+    reference = torch.einsum(
+        "bphw,bqhw->bpq", soft_level_sets(pred, num_labels) * mask, soft_level_sets(target, num_labels)
+    )
+    ours = joint_label_histogram(pred, target, mask, num_labels)
+    assert ours.shape == (2, num_labels, num_labels)
+    assert torch.allclose(ours, reference, atol=1e-4)
+    (reference_grad,) = torch.autograd.grad((reference * weights).sum(), target)
+    (grad,) = torch.autograd.grad((ours * weights).sum(), target)
+    assert torch.allclose(grad, reference_grad, atol=1e-5)
+    top = torch.full((1, 1, 2, 2), float(num_labels - 1))  # the top label value lands in the top bin
+    assert float(joint_label_histogram(top, top, torch.ones_like(top), num_labels)[0, -1, -1]) == 4.0

@@ -2,7 +2,9 @@
 
 MONAI's ``GlobalMutualInformationLoss`` bins raw intensities with Parzen windows and has no mask; fide's MI is
 computed on k-means *label* maps with a validity mask (globalign's CMIF at zero shift), so it is written here.
-LNCC is MONAI's ``LocalNormalizedCrossCorrelationLoss``.
+LNCC against a fixed image is ``FixedImageLNCC``: MONAI's ``LocalNormalizedCrossCorrelationLoss`` (rectangular window)
+recomputes the fixed image's window sums at every call and its five separable convolutions' backward took ~60 % of the
+affine optimisation; box sums by ``avg_pool2d`` with the fixed sums cached give the same value (tested against MONAI).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import torch
 from monai.losses import LocalNormalizedCrossCorrelationLoss
 from torch import nn
+from torch.nn import functional as F
 
-__all__ = ["LabelNMILoss", "soft_level_sets", "make_lncc"]
+__all__ = ["LabelNMILoss", "soft_level_sets", "joint_label_histogram", "make_lncc", "FixedImageLNCC"]
 
 
 def soft_level_sets(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -25,6 +28,36 @@ def soft_level_sets(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
     """
     levels = torch.arange(num_labels, device=labels.device, dtype=labels.dtype).view(1, -1, 1, 1)
     return (1 - (labels - levels).abs()).clamp(min=0)
+
+
+def joint_label_histogram(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, num_labels: int
+) -> torch.Tensor:
+    """``sum_x mask(x) S_p(pred(x)) S_q(target(x))`` of the soft level sets, without building them: (B, Q, Q).
+
+    A label value in [0, Q-1] has at most two non-zero level sets (its floor and the next one), so the joint
+    histogram is four scatter-adds of B x H x W weights; the einsum over all Q^2 level-set products (its equal,
+    tested) made the NMI passes ~3x slower. Values are clamped to [0, Q-1], where the level sets sum to 1.
+
+    Args:
+        pred, target: (B, 1, H, W) float label values; mask: (B, 1, H, W) weights.
+    """
+    top = num_labels - 1
+
+    def corners(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = labels.clamp(0, top).flatten(1)
+        lower = labels.detach().floor().clamp(max=top - 1)  # the value Q-1 is the upper corner of Q-2, weight 1
+        return lower.long(), labels - lower  # index of the lower level set, weight of the upper one
+
+    pred_index, pred_frac = corners(pred)
+    target_index, target_frac = corners(target)
+    weights = mask.flatten(1).to(pred_frac)
+    joint = pred_frac.new_zeros(pred_frac.shape[0], num_labels * num_labels)
+    for pred_step, pred_weight in ((0, 1 - pred_frac), (1, pred_frac)):
+        for target_step, target_weight in ((0, 1 - target_frac), (1, target_frac)):
+            index = (pred_index + pred_step) * num_labels + target_index + target_step
+            joint = joint.scatter_add(1, index, weights * pred_weight * target_weight)
+    return joint.view(-1, num_labels, num_labels)
 
 
 class LabelNMILoss(nn.Module):
@@ -51,9 +84,7 @@ class LabelNMILoss(nn.Module):
                 f"pred, target and mask must share (B, 1, H, W), got {tuple(pred.shape)}, "
                 f"{tuple(target.shape)}, {tuple(mask.shape)}"
             )
-        a = soft_level_sets(pred, self.num_labels) * mask
-        b = soft_level_sets(target, self.num_labels)
-        joint = torch.einsum("bphw,bqhw->bpq", a, b)
+        joint = joint_label_histogram(pred, target, mask, self.num_labels)
         joint = joint / joint.sum((1, 2), keepdim=True).clamp(min=self.eps)
         pa, pb = joint.sum(2), joint.sum(1)
 
@@ -72,3 +103,47 @@ def make_lncc(kernel_size: int) -> nn.Module:
     if kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {kernel_size}")
     return LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=kernel_size, kernel_type="rectangular")
+
+
+class FixedImageLNCC(nn.Module):
+    """``-mean(LNCC^2)`` of moving images against one fixed image: MONAI's rectangular-window LNCC, fixed sums cached.
+
+    Same value as ``LocalNormalizedCrossCorrelationLoss(kernel_type="rectangular", smooth_dr=1e-5)`` (zero padding,
+    variances clamped at ``smooth_dr``); range about [-1, 0], minimised.
+
+    Args:
+        fixed: (B, C, H, W) the target of every call.
+        kernel_size: odd side of the square window.
+    """
+
+    def __init__(self, fixed: torch.Tensor, kernel_size: int, smooth_dr: float = 1e-5) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.kernel_size, self.smooth_dr = kernel_size, smooth_dr
+        self.volume = float(kernel_size**2)
+        self.fixed = fixed.detach()
+        self.fixed_sum = self._window_sum(self.fixed)
+        fixed_var = self._window_sum(self.fixed * self.fixed) - self.fixed_sum**2 / self.volume
+        self.fixed_var = fixed_var.clamp(min=smooth_dr)
+
+    def _window_sum(self, image: torch.Tensor) -> torch.Tensor:
+        """Zero-padded k x k window sums, by running sums along each axis (4x faster than avg_pool2d's k^2 adds)."""
+        k, half = self.kernel_size, self.kernel_size // 2
+        dtype, image = image.dtype, image.double()  # float32 running sums cancel badly (variances of flat windows)
+        for dim in (2, 3):
+            padding = [0, 0, half + 1, half] if dim == 2 else [half + 1, half, 0, 0]
+            running = F.pad(image, padding).cumsum(dim)
+            image = running.narrow(dim, k, running.shape[dim] - k) - running.narrow(dim, 0, running.shape[dim] - k)
+        return image.to(dtype)
+
+    def forward(self, moving: torch.Tensor) -> torch.Tensor:
+        """moving: (B, C, H, W) like ``fixed`` → scalar loss."""
+        if moving.shape != self.fixed.shape:
+            raise ValueError(f"moving {tuple(moving.shape)} and fixed {tuple(self.fixed.shape)} must match")
+        channels = moving.shape[1]
+        sums = self._window_sum(torch.cat([moving, moving * moving, moving * self.fixed], 1))
+        moving_sum, moving_sq_sum, cross_sum = sums.split(channels, 1)
+        cross = cross_sum - moving_sum * self.fixed_sum / self.volume
+        moving_var = (moving_sq_sum - moving_sum**2 / self.volume).clamp(min=self.smooth_dr)
+        return -(cross * cross / (self.fixed_var * moving_var)).mean()
