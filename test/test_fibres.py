@@ -165,3 +165,13 @@ def test_the_grid_stops_at_the_first_shell_that_confirms_a_pose(sparse_pair, mon
     match = fibres.fibre_search(fixed, moving, SMALL, (0.9, 1.25), mirrors=(False, True))
     assert match is not None and match.texture_score >= SMALL.verify_below
     assert searched and not any(searched)
+
+
+def test_hypotheses_that_land_every_patch_together_are_checked_once(sparse_pair):
+    fixed, moving, truth = sparse_pair
+    level = fibres._level(fixed, moving, SIZE, SMALL.band_px, SMALL.refine_patches, SMALL)
+    nudged = truth.clone()
+    nudged[:2, 2] += 0.5  # half a pixel: the same pose for the patches
+    turned = truth @ similarity(20.0, 1.0, SIZE)
+    kept = fibres._distinct_poses([truth, nudged, turned], level, SMALL.locate_window_px / 3)
+    assert len(kept) == 2 and kept[0] is truth and kept[1] is turned

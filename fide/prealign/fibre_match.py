@@ -60,18 +60,23 @@ def collagen_patches(
     if n == 0:
         return []
     areas = ndimage.sum_labels(np.ones_like(smooth), labels, np.arange(1, n + 1))
+    boxes = ndimage.find_objects(labels)
     patches = []
     for label in np.argsort(-areas)[:count] + 1:
         if areas[label - 1] < min_area:
             break
-        mask = torch.from_numpy(ndimage.binary_dilation(labels == label)).to(shg)
-        points = torch.nonzero(mask).float()
-        centre = points.mean(0)
-        if float((points - centre).norm(dim=1).max()) > max_radius:
-            distance = (geometry.identity_grid(mask.shape, like=mask) - centre.view(2, 1, 1)).norm(dim=0)
-            mask = mask * (distance <= max_radius)
-            points = torch.nonzero(mask).float()
-        patches.append(Patch(mask, centre, float((points - centre).norm(dim=1).max())))
+        # dilate inside the region's box grown by the dilation's reach, not over the whole image
+        box = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in boxes[label - 1])
+        region = np.zeros(smooth.shape, dtype=bool)
+        region[box] = ndimage.binary_dilation(labels[box] == label)
+        points = torch.nonzero(torch.from_numpy(region)).to(shg.device)
+        centre = points.float().mean(0)
+        distance = (points.float() - centre).norm(dim=1)
+        if float(distance.max()) > max_radius:
+            points, distance = points[distance <= max_radius], distance[distance <= max_radius]
+        mask = torch.zeros(smooth.shape, dtype=shg.dtype, device=shg.device)
+        mask[points[:, 0], points[:, 1]] = 1
+        patches.append(Patch(mask, centre, float(distance.max())))
     return patches
 
 

@@ -311,7 +311,7 @@ def fibre_search(
     texture = texture or FibreTexture(fixed, moving, cfg)
     current_score = texture.score(current) if current is not None else float("nan")
     confirmed = None
-    for hypothesis in hypotheses:
+    for hypothesis in _distinct_poses(hypotheses, fine, cfg.locate_window_px / 3):
         found = _confirm(fine, hypothesis, cfg, seed)
         if found is not None and (confirmed is None or found[1] > confirmed[1]):
             confirmed = found
@@ -339,6 +339,25 @@ def fibre_search(
             if score >= cfg.verify_below:  # confirmed with a real texture fit: the rest of the grid is not needed
                 return best_match
     return best_match
+
+
+def _distinct_poses(poses: Sequence[torch.Tensor], level: _Level, tolerance_px: float) -> list[torch.Tensor]:
+    """``poses`` (full-resolution (3, 3) affines) without those that put every patch centre within ``tolerance_px``
+    (pixels at 834 px) of where an earlier one puts it: a restart and the search candidate it started from would
+    be confirmed twice."""
+    if not level.patches:
+        return list(poses)
+    fixed_factors = torch.tensor(level.to_level[0])  # full resolution → level pixels
+    full_centres = torch.stack([patch.centre for patch in level.patches]).cpu() / fixed_factors
+    tolerance = tolerance_px * level.length / float(fixed_factors.max())  # pixels of the full-resolution image
+    kept: list[torch.Tensor] = []
+    landed: list[torch.Tensor] = []
+    for pose in poses:
+        points = geometry.apply_affine_to_points(pose.cpu().to(full_centres), full_centres)
+        if all(float((points - other).norm(dim=1).max()) > tolerance for other in landed):
+            kept.append(pose)
+            landed.append(points)
+    return kept
 
 
 def _grid_shells(linear: torch.Tensor, likely_scales: tuple[float, float]) -> list[torch.Tensor]:
