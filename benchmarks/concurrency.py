@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     times["jobs2"] = _run_together([_command(descriptor, args.out / "jobs2", ["--jobs", "2"])], env)
     cores = len(os.sched_getaffinity(0))
     half = args.pairs // 2
-    policy = "fide's default (PASSIVE)" if args.wait_policy == "default" else args.wait_policy.upper()
+    policy = "fide's default (GOMP_SPINCOUNT=1000)" if args.wait_policy == "default" else args.wait_policy.upper()
     print(f"\n{args.pairs} pairs of {args.size} px, {cores} cores, OMP_WAIT_POLICY {policy}\n")
     print("| run | wall s | figure |")
     print("|---|---|---|")

@@ -3,7 +3,7 @@
 A process that starts one thread per *machine* core oversubscribes wherever it gets fewer: in a container limited
 to 4 of 64 cores, or beside a second fide process. torch's OpenMP threads also spin while they wait for work, so
 oversubscribed threads burn the cores the other process needs. fide therefore sizes its thread pool from what the
-process may really use, and asks OpenMP to sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) when it can.
+process may really use, and its commands bound the spinning (``GOMP_SPINCOUNT``, set in :mod:`fide.cli`).
 """
 
 from __future__ import annotations
@@ -84,9 +84,7 @@ def available_cpus() -> int:
 
 def thread_environment(threads: int) -> dict[str, str]:
     """Environment for a child process that should use ``threads`` threads (set before it imports torch)."""
-    env = {name: str(threads) for name in _THREAD_VARIABLES}
-    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
-    return env
+    return {name: str(threads) for name in _THREAD_VARIABLES}
 
 
 def configure_threads(threads: int | None = None) -> int:

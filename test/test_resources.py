@@ -57,12 +57,24 @@ def test_configure_threads_default_explicit_and_environment(monkeypatch):
         resources.configure_threads(0)
 
 
-def test_thread_environment_asks_openmp_to_sleep(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+def test_thread_environment_sets_the_thread_counts_only():
     env = resources.thread_environment(2)
-    assert env["OMP_NUM_THREADS"] == "2" and env["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert resources.thread_environment(2)["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [({}, "1000"), ({"OMP_WAIT_POLICY": "PASSIVE"}, None), ({"GOMP_SPINCOUNT": "50"}, "50")],
+)
+def test_commands_bound_openmp_spinning_unless_the_user_chose(given, expected):
+    """``import fide.cli`` (before torch, in a fresh interpreter) sets GOMP_SPINCOUNT only where nothing was chosen."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | given
+    code = "import os, fide.cli; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)
 
 
 def test_memory_estimate_follows_the_measured_table():

@@ -1,12 +1,14 @@
 """Command-line interface: wires the pipeline stages together; no registration logic lives here.
 
-Importing this package (every fide command and the container entry point do, before torch is loaded) asks torch's
-OpenMP runtime to let idle threads sleep instead of spinning, unless the user chose otherwise. It is read once,
-when the runtime loads, so it must be set here. Measured on 2 cores with two other processes busy: 87 s and 74 s
-for two 128 px pairs with 2 spinning threads, 5.7 s and 5.5 s with ``OMP_WAIT_POLICY=PASSIVE`` (docs/operations.md,
-CPU use).
+Importing this package (every fide command and the container entry point do, before torch is loaded) bounds how
+long torch's idle OpenMP threads spin before they sleep (``GOMP_SPINCOUNT=1000``), unless the user chose a wait
+policy. libgomp reads it once, when it loads, so it must be set here. Measured on 2 cores (2026-12-01, three
+834 px whole cores, docs/operations.md, CPU use): alone ~8.5 s per pair, against ~12 s with ``PASSIVE`` (sleep at
+once) and ~8.9 s with libgomp's default; two processes side by side ~15 s per pair, against ~13 s with ``PASSIVE``
+and ~130 s with the default, which spins 300 times longer.
 """
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "1000"

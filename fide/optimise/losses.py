@@ -4,17 +4,16 @@ MONAI's ``GlobalMutualInformationLoss`` bins raw intensities with Parzen windows
 computed on k-means *label* maps with a validity mask (globalign's CMIF at zero shift), so it is written here.
 LNCC against a fixed image is ``FixedImageLNCC``: MONAI's ``LocalNormalizedCrossCorrelationLoss`` (rectangular window)
 recomputes the fixed image's window sums at every call and its five separable convolutions' backward took ~60 % of the
-affine optimisation; box sums by ``avg_pool2d`` with the fixed sums cached give the same value (tested against MONAI).
+affine optimisation; running-sum window sums with the fixed sums cached give the same value (tested against MONAI).
 """
 
 from __future__ import annotations
 
 import torch
-from monai.losses import LocalNormalizedCrossCorrelationLoss
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["LabelNMILoss", "soft_level_sets", "joint_label_histogram", "make_lncc", "FixedImageLNCC"]
+__all__ = ["LabelNMILoss", "soft_level_sets", "joint_label_histogram", "FixedImageLNCC"]
 
 
 def soft_level_sets(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -96,13 +95,6 @@ class LabelNMILoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (1 - self.nmi(pred, target, mask)).mean()
-
-
-def make_lncc(kernel_size: int) -> nn.Module:
-    """MONAI LNCC for 2D images with a square window; its value is about [-1, 0], minimised."""
-    if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-    return LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=kernel_size, kernel_type="rectangular")
 
 
 class FixedImageLNCC(nn.Module):
