@@ -38,7 +38,7 @@ from fide.prealign.fibre_match import (
 )
 from fide.prealign.ransac import ransac_affine
 
-__all__ = ["FibreMatch", "FibreTexture", "refine_on_patches", "texture_score", "fibre_search"]
+__all__ = ["FibreMatch", "FibreTexture", "PatchPixels", "refine_on_patches", "texture_score", "fibre_search"]
 
 
 @dataclass
@@ -119,10 +119,46 @@ def _best_poses(
     return poses, runner_up
 
 
+class PatchPixels:
+    """The patches' pixels on one grid and their centred fixed values: what every texture NCC needs, built once.
+
+    Only the patches' pixels matter, so they are sampled alone instead of warping whole images. Per-patch sums are
+    products with the (K, N) membership matrix: index_add adds with atomics on CUDA, in an order that changes from
+    run to run, and the same input must give the same field.
+    """
+
+    def __init__(self, fixed_band: torch.Tensor, patches: list[Patch]) -> None:
+        self.points = torch.cat([torch.nonzero(p.mask > 0.5).float() for p in patches])  # (N, 2)
+        sizes = [int((p.mask > 0.5).sum()) for p in patches]
+        self.ids = torch.cat([torch.full((n,), k, device=self.points.device) for k, n in enumerate(sizes)])
+        self.member = F.one_hot(self.ids, len(patches)).T.to(self.points)  # (K, N)
+        self.counts = self.member.sum(1)
+        self.fixed_values = self.centred(geometry.sample_at(fixed_band, self.points)[:, 0])
+
+    def centred(self, values: torch.Tensor) -> torch.Tensor:
+        """(..., N) values → zero mean and unit norm within each patch."""
+        values = values - (values @ self.member.T / self.counts)[..., self.ids]
+        # +eps inside the root: a patch mapped onto blank background has zero energy and sqrt'(0) is infinite
+        norms = (values**2 @ self.member.T + 1e-12).sqrt()
+        return values / norms[..., self.ids]
+
+    def ncc(self, moving_band: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
+        """Mean over patches of the NCC with the moving image sampled at ``mapped`` (B, N, 2) → (B,)."""
+        batch = mapped.shape[0]
+        sampled = geometry.sample_at(moving_band, mapped.reshape(-1, 2), padding_mode="zeros")[:, 0]
+        moving_values = self.centred(sampled.view(batch, -1))
+        return ((self.fixed_values * moving_values) @ self.member.T).mean(-1)
+
+    def scores(self, moving_band: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
+        """Texture NCC under each of (B, 3, 3) affines on this grid → (B,)."""
+        mapped = self.points @ affines[:, :2, :2].transpose(1, 2) + affines[:, None, :2, 2]
+        return self.ncc(moving_band, mapped)
+
+
 def refine_on_patches(
     fixed_band: torch.Tensor,
     moving_band: torch.Tensor,
-    patches: list[Patch],
+    patches: list[Patch] | PatchPixels,
     affine: torch.Tensor,
     iterations: int,
     learning_rate: float,
@@ -132,21 +168,8 @@ def refine_on_patches(
     The grid search leaves ~1° and half a pixel of error; a continuous fit removes it and adds the anisotropy and
     shear a similarity cannot express. Returns the best (3, 3) affine seen and its score.
     """
-    # only the patches' pixels matter: sample them alone instead of warping whole images
-    points = torch.cat([torch.nonzero(p.mask > 0.5).float() for p in patches])  # (N, 2)
-    ids = torch.cat([torch.full((int((p.mask > 0.5).sum()),), k, device=points.device) for k, p in enumerate(patches)])
-    # per-patch sums as a product with the (K, N) membership matrix: index_add adds with atomics on CUDA, in an
-    # order that changes from run to run, and the same input must give the same field
-    member = F.one_hot(ids, len(patches)).T.to(points)
-    counts = member.sum(1)
-
-    def centred(values: torch.Tensor) -> torch.Tensor:  # zero mean, unit norm within each patch
-        values = values - (member @ values / counts)[ids]
-        # +eps inside the root: a patch mapped onto blank background has zero energy and sqrt'(0) is infinite
-        norms = (member @ values**2 + 1e-12).sqrt()
-        return values / norms[ids]
-
-    fixed_values = centred(geometry.sample_at(fixed_band, points)[:, 0])
+    pixels = patches if isinstance(patches, PatchPixels) else PatchPixels(fixed_band, patches)
+    points = pixels.points
     # the update turns and stretches about the patches' centroid, in units that move a patch rim by ~1 px: about
     # the image origin a small turn would also be a large shift, and Adam would crawl along that coupling
     centroid = points.mean(0)
@@ -157,8 +180,7 @@ def refine_on_patches(
     best, best_score = affine, -2.0
     for _ in range(iterations + 1):
         mapped = points @ affine[:2, :2].T + affine[:2, 2] + local @ delta.T
-        moving_values = centred(geometry.sample_at(moving_band, mapped, padding_mode="zeros")[:, 0])
-        score = (member @ (fixed_values * moving_values)).mean()
+        score = pixels.ncc(moving_band, mapped[None])[0]
         if float(score.detach()) > best_score:
             best_score = float(score.detach())
             best = affine.clone()
@@ -198,6 +220,7 @@ class FibreTexture:
 
     def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, cfg: FibreConfig) -> None:
         self.level = _level(fixed, moving, max(fixed.shape[-2:]), cfg.final_band_px, cfg.refine_patches, cfg)
+        self.pixels = PatchPixels(self.level.fixed_band, self.level.patches) if self.level.patches else None
 
     @property
     def has_patches(self) -> bool:
@@ -206,7 +229,13 @@ class FibreTexture:
     def score(self, affine: torch.Tensor) -> float:
         """Mean NCC of the band-passed SHG patches and the eosin under a (3, 3) full-resolution affine, in [-1, 1]
         (1 = identical texture; 0 when the SHG has no patch)."""
-        return _score(self.level, affine)
+        return float(self.scores(affine[None])[0])
+
+    def scores(self, affines: torch.Tensor) -> torch.Tensor:
+        """:meth:`score` of (B, 3, 3) full-resolution affines at once → (B,)."""
+        if self.pixels is None:
+            return affines.new_zeros(affines.shape[0])
+        return self.pixels.scores(self.level.moving_band, self.level.down(affines).to(self.level.moving_band))
 
     def contrast(self, affine: torch.Tensor, shift_px: float) -> float:
         """How far the texture NCC at ``affine`` stands above its mean at the same pose shifted by ``shift_px``
@@ -218,10 +247,10 @@ class FibreTexture:
         step = shift_px * self.level.length  # the level is the full-resolution grid
         angles = torch.arange(8, dtype=affine.dtype, device=affine.device) * (torch.pi / 4)
         offsets = torch.stack([angles.cos(), angles.sin()], 1) * step  # (8, 2) fixed-frame shifts
-        shifted = affine.expand(8, 3, 3).clone()
-        shifted[:, :2, 2] += offsets @ affine[:2, :2].T
-        around = sum(self.score(pose) for pose in shifted) / 8
-        return self.score(affine) - around
+        poses = affine.expand(9, 3, 3).clone()
+        poses[1:, :2, 2] += offsets @ affine[:2, :2].T
+        scores = self.scores(poses)
+        return float(scores[0] - scores[1:].mean())
 
     def refine(self, affine: torch.Tensor, iterations: int, learning_rate: float) -> tuple[torch.Tensor, float]:
         """Adam on the texture at full resolution from a (3, 3) affine: the best affine seen and its score."""
@@ -229,7 +258,7 @@ class FibreTexture:
             return affine, 0.0
         level = self.level
         fitted, score = refine_on_patches(
-            level.fixed_band, level.moving_band, level.patches, level.down(affine), iterations, learning_rate
+            level.fixed_band, level.moving_band, self.pixels, level.down(affine), iterations, learning_rate
         )
         return level.up(fitted), score
 
@@ -237,12 +266,6 @@ class FibreTexture:
 def texture_score(fixed: torch.Tensor, moving: torch.Tensor, affine: torch.Tensor, cfg: FibreConfig) -> float:
     """:meth:`FibreTexture.score` of one affine (builds the level: use :class:`FibreTexture` for several)."""
     return FibreTexture(fixed, moving, cfg).score(affine)
-
-
-def _score(level: _Level, affine: torch.Tensor) -> float:
-    if not level.patches:
-        return 0.0
-    return refine_on_patches(level.fixed_band, level.moving_band, level.patches, level.down(affine), 0, 0.0)[1]
 
 
 def _confirm(fine: _Level, affine: torch.Tensor, cfg: FibreConfig, seed: int) -> tuple[torch.Tensor, int] | None:
