@@ -33,12 +33,22 @@ from tqdm import tqdm
 
 from fide.config import FideConfig
 from fide.features import ModalityEncoders
-from fide.io import DatasetError, Pair, atomic_path, read_disp, read_image, write_disp
+from fide.io import DatasetError, Pair, read_disp, read_image, write_disp
 from fide.io.dataset import unique_pairs
 from fide.optimise.confidence import flag_reason
 from fide.pipeline import FeatureFn, RegistrationResult, register_pair
 from fide.preprocess.signal import check_pair_signal
 from fide.resources import available_cpus, available_memory_bytes, configure_threads, estimate_pair_memory_bytes
+from fide.results import (
+    COLUMNS,
+    RESULTS_NAME,
+    STATUSES,
+    PairOutcome,
+    merge_results,
+    read_tables,
+    results_name,
+    write_table,
+)
 
 __all__ = [
     "PairOutcome",
@@ -56,27 +66,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-RESULTS_NAME = "results.csv"
-# "ok"; "flagged": written but likely a wrong pose (low confidence); "failed": identity field; "skipped": valid
-# field kept
-STATUSES = ("ok", "flagged", "failed", "skipped")
-_COLUMNS = ["pair", "status", "seconds", "quality", "confidence", "mirrored", "message"]
-# tables written before the confidence columns existed are still read (resume, merge): these get defaults
-_DEFAULTS = {"confidence": float("nan"), "mirrored": False}
-
-
-@dataclass
-class PairOutcome:
-    """One row of ``results.csv``."""
-
-    pair: str
-    status: str  # one of STATUSES
-    seconds: float
-    quality: float
-    confidence: float = float("nan")  # see fide/optimise/confidence.py
-    mirrored: bool = False  # the affine reflects: the slide was mirrored
-    message: str = ""
 
 
 def _zero_method(fixed, moving, cfg: FideConfig, device, features, encoders) -> RegistrationResult:
@@ -102,60 +91,6 @@ def select_shard(pairs: Sequence[Pair], index: int, count: int) -> list[Pair]:
     if not 0 <= index < count:
         raise ValueError(f"shard index must be in [0, {count}), got {index}")
     return list(pairs)[index::count]
-
-
-def results_name(shard: tuple[int, int] | None = None) -> str:
-    """``results.csv``, or ``results.shard-I-of-N.csv`` for a shard."""
-    return RESULTS_NAME if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.csv"
-
-
-def _read_tables(output: Path) -> pd.DataFrame:
-    """Rows of every ``results*.csv`` in ``output``, oldest file first (empty when none)."""
-    files = sorted(output.glob("results*.csv"), key=lambda p: (p.stat().st_mtime, p.name))
-    tables = []
-    for file in files:
-        try:
-            table = pd.read_csv(file, dtype={"pair": str, "status": str, "message": str}, keep_default_na=False)
-        except (OSError, ValueError, pd.errors.ParserError) as err:
-            logger.warning("%s: ignoring an unreadable results table (%s)", file, err)
-            continue
-        for column, default in _DEFAULTS.items():
-            if column not in table.columns:
-                table[column] = default
-        if set(_COLUMNS) <= set(table.columns):
-            tables.append(table[_COLUMNS])
-    if not tables:
-        return pd.DataFrame(columns=_COLUMNS)
-    table = pd.concat(tables, ignore_index=True)
-    for column in ("seconds", "quality", "confidence"):
-        table[column] = pd.to_numeric(table[column], errors="coerce")
-    return table
-
-
-def merge_results(output: str | Path, write: bool = True) -> pd.DataFrame:
-    """Join the tables of all shards (and earlier runs) in ``output``: the newest row of each pair wins.
-
-    Args:
-        output: folder holding ``results.csv`` and/or ``results.shard-*.csv``.
-        write: also write the merged table to ``output/results.csv``.
-
-    Returns:
-        One row per pair, sorted by pair name.
-    """
-    output = Path(output)
-    table = _read_tables(output).drop_duplicates("pair", keep="last").sort_values("pair").reset_index(drop=True)
-    if write:
-        _write_table(table, output / RESULTS_NAME)
-    return table
-
-
-def _write_table(table: pd.DataFrame, path: Path) -> None:
-    tmp = atomic_path(path)
-    try:
-        table.to_csv(tmp, index=False, float_format="%.4f")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fixed_shape(pair: Pair) -> tuple[int, int]:
@@ -372,7 +307,7 @@ def register_pairs(
     output = Path(output)
     _check_writable(output)
     table_path = output / results_name(shard)
-    earlier = {} if not resume else {row.pair: row for row in _read_tables(output).itertuples(index=False)}
+    earlier = {} if not resume else {row.pair: row for row in read_tables(output).itertuples(index=False)}
     rows: dict[int, PairOutcome] = {}
     tasks: dict[int, PairTask] = {}
     for index, pair in enumerate(pairs):
@@ -388,9 +323,9 @@ def register_pairs(
         tasks[index] = PairTask(pair, target, cfg, method, device, features, encoders, want, worker)
 
     def write() -> None:
-        table = pd.DataFrame([vars(rows[k]) for k in sorted(rows)], columns=_COLUMNS)
+        table = pd.DataFrame([vars(rows[k]) for k in sorted(rows)], columns=COLUMNS)
         try:
-            _write_table(table, table_path)
+            write_table(table, table_path)
         except OSError as err:
             raise DatasetError(f"{table_path}: cannot write the results table ({err.strerror or err})") from None
 
@@ -417,4 +352,4 @@ def register_pairs(
             except Exception as err:  # noqa: BLE001 - a QC picture must not fail a registered pair
                 logger.warning("%s: result callback failed: %s", pairs[index].name, _one_line(err))
     progress.close()
-    return pd.DataFrame([vars(rows[k]) for k in sorted(rows)], columns=_COLUMNS)
+    return pd.DataFrame([vars(rows[k]) for k in sorted(rows)], columns=COLUMNS)

@@ -483,7 +483,7 @@ def test_results_table_that_cannot_be_written_stops_the_run_with_its_name(task, 
     def full(table, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runner, "_write_table", full)
+    monkeypatch.setattr(runner, "write_table", full)
     with pytest.raises(DatasetError, match=r"results.csv: cannot write the results table \(No space left on device\)"):
         register_pairs(_pairs(task)[:1], tmp_path / "out", FideConfig(), method="zero")
 
