@@ -175,3 +175,14 @@ def test_hypotheses_that_land_every_patch_together_are_checked_once(sparse_pair)
     turned = truth @ similarity(20.0, 1.0, SIZE)
     kept = fibres._distinct_poses([truth, nudged, turned], level, SMALL.locate_window_px / 3)
     assert len(kept) == 2 and kept[0] is truth and kept[1] is turned
+
+
+def test_texture_scores_in_chunks_equal_one_pass(sparse_pair, monkeypatch):
+    fixed, moving, truth = sparse_pair
+    texture = fibres.FibreTexture(fixed, moving, SMALL)
+    poses = torch.stack([truth, truth @ similarity(8.0, 1.0, SIZE), truth @ similarity(-3.0, 1.02, SIZE)])
+    together = texture.scores(poses)
+    monkeypatch.setattr(fibres, "_SCORE_POINTS", 1)  # one pose per chunk
+    apart = texture.scores(poses)
+    assert torch.allclose(together, apart, atol=1e-6)
+    assert abs(float(together[0]) - texture.score(truth)) < 1e-6 and float(together[0]) > 2 * float(together[1])

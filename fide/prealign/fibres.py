@@ -119,6 +119,10 @@ def _best_poses(
     return poses, runner_up
 
 
+# mapped patch pixels scored at once (~64 MB of coordinates): an 834 px pair has ~0.1 M patch pixels, 40 poses a pass
+_SCORE_POINTS = 1 << 22
+
+
 class PatchPixels:
     """The patches' pixels on one grid and their centred fixed values: what every texture NCC needs, built once.
 
@@ -150,9 +154,14 @@ class PatchPixels:
         return ((self.fixed_values * moving_values) @ self.member.T).mean(-1)
 
     def scores(self, moving_band: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
-        """Texture NCC under each of (B, 3, 3) affines on this grid → (B,)."""
-        mapped = self.points @ affines[:, :2, :2].transpose(1, 2) + affines[:, None, :2, 2]
-        return self.ncc(moving_band, mapped)
+        """Texture NCC under each of (B, 3, 3) affines on this grid → (B,), in chunks of at most ``_SCORE_POINTS``
+        mapped points (large images have millions of patch pixels)."""
+        chunk = max(1, _SCORE_POINTS // max(1, len(self.points)))
+        results = []
+        for part in affines.split(chunk):
+            mapped = self.points @ part[:, :2, :2].transpose(1, 2) + part[:, None, :2, 2]
+            results.append(self.ncc(moving_band, mapped))
+        return torch.cat(results)
 
 
 def refine_on_patches(
