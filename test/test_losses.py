@@ -82,5 +82,7 @@ def test_joint_histogram_equals_the_level_set_products(num_labels):
     (reference_grad,) = torch.autograd.grad((reference * weights).sum(), target)
     (grad,) = torch.autograd.grad((ours * weights).sum(), target)
     assert torch.allclose(grad, reference_grad, atol=1e-5)
+    flat = joint_label_histogram(pred, target, mask, num_labels, flat=True)  # the CUDA path, checked on the CPU
+    assert torch.allclose(flat, ours, atol=1e-5)
     top = torch.full((1, 1, 2, 2), float(num_labels - 1))  # the top label value lands in the top bin
     assert float(joint_label_histogram(top, top, torch.ones_like(top), num_labels)[0, -1, -1]) == 4.0

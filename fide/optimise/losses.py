@@ -30,7 +30,7 @@ def soft_level_sets(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
 
 
 def joint_label_histogram(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, num_labels: int
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, num_labels: int, *, flat: bool | None = None
 ) -> torch.Tensor:
     """``sum_x mask(x) S_p(pred(x)) S_q(target(x))`` of the soft level sets, without building them: (B, Q, Q).
 
@@ -40,6 +40,7 @@ def joint_label_histogram(
 
     Args:
         pred, target: (B, 1, H, W) float label values; mask: (B, 1, H, W) weights.
+        flat: add into one flat row of bins (None: on CUDA, see below).
     """
     top = num_labels - 1
 
@@ -51,12 +52,22 @@ def joint_label_histogram(
     pred_index, pred_frac = corners(pred)
     target_index, target_frac = corners(target)
     weights = mask.flatten(1).to(pred_frac)
-    joint = pred_frac.new_zeros(pred_frac.shape[0], num_labels * num_labels)
+    batch, bins = pred_frac.shape[0], num_labels * num_labels
+    # CUDA adds a 2-D scatter atomically, in an order that changes between runs; its 1-D scatter-add runs in a fixed
+    # order in deterministic mode (which fide's commands set), so there the histogram is one flat row of B x Q^2
+    # bins. The CPU adds in order either way, and its 2-D scatter is faster.
+    flat = pred_frac.is_cuda if flat is None else flat
+    offset = torch.arange(batch, device=pred_index.device)[:, None] * bins if flat else 0
+    joint = pred_frac.new_zeros(batch * bins) if flat else pred_frac.new_zeros(batch, bins)
     for pred_step, pred_weight in ((0, 1 - pred_frac), (1, pred_frac)):
         for target_step, target_weight in ((0, 1 - target_frac), (1, target_frac)):
             index = (pred_index + pred_step) * num_labels + target_index + target_step
-            joint = joint.scatter_add(1, index, weights * pred_weight * target_weight)
-    return joint.view(-1, num_labels, num_labels)
+            values = weights * pred_weight * target_weight
+            if flat:
+                joint = joint.scatter_add(0, (offset + index).flatten(), values.flatten())
+            else:
+                joint = joint.scatter_add(1, index, values)
+    return joint.view(batch, num_labels, num_labels)
 
 
 class LabelNMILoss(nn.Module):
