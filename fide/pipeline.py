@@ -268,7 +268,7 @@ def _select(
     texture = inputs.texture()
     if texture is None or len(ranked) < 2:
         return ranked[0]
-    textures = [texture.score(affine) for _, affine in ranked]
+    textures = texture.scores(torch.stack([affine for _, affine in ranked])).tolist()
     best = max(range(len(ranked)), key=textures.__getitem__)
     wins = textures[best] > max(cfg.fibres.accept_ratio * textures[0], cfg.fibres.verify_below)
     if best and wins:

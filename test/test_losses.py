@@ -58,8 +58,12 @@ def test_fixed_image_lncc_equals_monai_lncc_in_value_and_gradient():
     (grad,) = torch.autograd.grad(ours, moving)
     assert abs(float(ours) - float(reference)) < 1e-5
     assert float((grad - reference_grad).abs().max()) < 1e-4 * float(reference_grad.abs().max())
+    expanded = FixedImageLNCC(fixed[:1].expand(2, -1, -1, -1), 9)(moving)
+    assert torch.allclose(FixedImageLNCC(fixed[:1], 9)(moving), expanded)  # batch 1 serves every start of a batch
     with pytest.raises(ValueError, match="must match"):
         FixedImageLNCC(fixed, 9)(moving[:, :1])
+    with pytest.raises(ValueError, match="must match"):
+        FixedImageLNCC(fixed, 9)(moving.repeat(2, 1, 1, 1))  # batch 2 against 4
     with pytest.raises(ValueError, match="odd"):
         FixedImageLNCC(fixed, 4)
 

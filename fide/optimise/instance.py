@@ -139,15 +139,9 @@ class _Levels:
             geometry.resize_image(pair.moving_labels, m.shape[-2:], mode="nearest") for m in self.moving_feat
         ]
         self.fidelity = pair.fidelity
-        self.kernel = cfg.lncc_kernel
         self.weights = [cfg.level_weights_base**k for k in range(levels)]
-        self._lncc: dict[int, list[FixedImageLNCC]] = {}
-
-    def lncc(self, k: int, batch: int) -> FixedImageLNCC:
-        """Level ``k``'s LNCC against the fixed features, for ``batch`` starts (built once per batch size)."""
-        if batch not in self._lncc:
-            self._lncc[batch] = [FixedImageLNCC(f.expand(batch, -1, -1, -1), self.kernel) for f in self.fixed_feat]
-        return self._lncc[batch][k]
+        # against the fixed features of each level, for batches of any size; not built for NMI-only schedules
+        self.lncc = [FixedImageLNCC(f, cfg.lncc_kernel) for f in self.fixed_feat] if cfg.lncc_iterations else []
 
     def disp(self, edited: torch.Tensor, k: int) -> torch.Tensor:
         """The level-0 displacement at level ``k`` (its grid and its moving pixels)."""
@@ -190,7 +184,7 @@ def _optimise_starts(
             u = levels.disp(edited, k)
             if step < cfg.lncc_iterations:
                 warped = geometry.warp(batched(levels.moving_feat, k), u, padding_mode="border")
-                loss = loss + weight * levels.lncc(k, batch)(warped)
+                loss = loss + weight * levels.lncc[k](warped)
             else:
                 moving_labels = batched(levels.moving_lab, k)
                 overlap = geometry.overlap_mask(moving_labels, u)

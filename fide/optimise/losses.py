@@ -115,7 +115,7 @@ class FixedImageLNCC(nn.Module):
     variances clamped at ``smooth_dr``); range about [-1, 0], minimised.
 
     Args:
-        fixed: (B, C, H, W) the target of every call.
+        fixed: (1, C, H, W) or (B, C, H, W) the target of every call (batch 1 serves moving batches of any size).
         kernel_size: odd side of the square window.
     """
 
@@ -141,8 +141,9 @@ class FixedImageLNCC(nn.Module):
         return image.to(dtype)
 
     def forward(self, moving: torch.Tensor) -> torch.Tensor:
-        """moving: (B, C, H, W) like ``fixed`` → scalar loss."""
-        if moving.shape != self.fixed.shape:
+        """moving: (B, C, H, W) like ``fixed`` (any B where ``fixed`` has batch 1) → scalar loss."""
+        same_batch = self.fixed.shape[0] in (1, moving.shape[0])
+        if moving.shape[1:] != self.fixed.shape[1:] or not same_batch:
             raise ValueError(f"moving {tuple(moving.shape)} and fixed {tuple(self.fixed.shape)} must match")
         channels = moving.shape[1]
         sums = self._window_sum(torch.cat([moving, moving * moving, moving * self.fixed], 1))
