@@ -116,3 +116,32 @@ def test_search_within_a_known_rotation_range(pair128):
     candidates = search_similarity(fixed_colour, moving_colour, centres, cfg)
     assert all(abs(c.angle_deg) <= 20.0 + cfg.refine_angle_deg for c in candidates)
     assert abs(candidates[0].angle_deg - 14.0) < 3.0
+
+
+def test_label_criterion_runs_only_where_the_correlation_criteria_disagree(pair128, monkeypatch):
+    """label_search="auto": two criteria agreeing on the best pose skip the label MI; a disagreeing one does not."""
+    import fide.prealign.search as search
+
+    shg, bf = pair128
+    truth = similarity(-140.0, 1.05, 128, shift=(-5.0, 3.0))
+    prepared_fixed, prepared_moving = prepare_pair(shg, move(bf, truth, fill=242.0))
+    fixed_map = prepared_fixed.intensity
+    right = (fixed_map, move(fixed_map[0], truth, fill=0.0)[None])
+    wrong = (fixed_map, move(fixed_map[0], similarity(60.0, 1.0, 128), fill=0.0)[None])
+    centres = (_centroid(prepared_fixed.tissue), _centroid(prepared_moving.tissue))
+    label_levels = []
+    original = search._label_level
+    monkeypatch.setattr(search, "_label_level", lambda *a, **k: label_levels.append(1) or original(*a, **k))
+
+    def run(maps, mode):
+        label_levels.clear()
+        cfg = SearchConfig(size_px=64, refine_size_px=128, scale_min=0.8, scale_max=1.25, top_k=2, label_search=mode)
+        search_similarity(prepared_fixed.colour, prepared_moving.colour, centres, cfg, intensities=maps)
+        return bool(label_levels)
+
+    assert not run([right, right], "auto")
+    assert run([right, right], "always")
+    assert run([right, wrong], "auto")
+    assert run([right], "auto")  # a single correlation criterion has nothing to agree with
+    with pytest.raises(ValueError, match="label_search"):
+        SearchConfig(label_search="sometimes")

@@ -288,7 +288,8 @@ def search_similarity(
     Several criteria propose candidates: the correlation of each given pair of comparable channels (learned
     representations, log-SHG density vs eosin), which works where SHG is too sparse for labels, and MI of k-means
     labels (any intensity relation). Their candidates are interleaved, best first, in the order given (the
-    correlation criteria first), near-duplicates dropped.
+    correlation criteria first), near-duplicates dropped. With ``cfg.label_search == "auto"`` the label MI (the
+    costliest criterion) is skipped where the first two correlation criteria already agree on their best pose.
 
     Args:
         fixed_colour: (1, C, H, W) fixed channels for label maps (log-SHG or RGB in [0, 1]), full resolution.
@@ -310,20 +311,32 @@ def search_similarity(
         )
         for fixed_map, moving_map in intensities
     ]
-    proposals.append(
-        _coarse_candidates(
-            _label_level(fixed_colour, moving_colour, cfg.size_px, cfg.num_labels, seed),
-            _label_level(fixed_colour, moving_colour, cfg.refine_size_px, cfg.num_labels, seed),
-            centres,
-            cfg,
+    if cfg.label_search == "always" or not _best_poses_agree(proposals, fixed_colour.shape[-2:], cfg.agree_px):
+        proposals.append(
+            _coarse_candidates(
+                _label_level(fixed_colour, moving_colour, cfg.size_px, cfg.num_labels, seed),
+                _label_level(fixed_colour, moving_colour, cfg.refine_size_px, cfg.num_labels, seed),
+                centres,
+                cfg,
+            )
         )
-    )
     merged: list[Candidate] = []
     for rank in range(cfg.top_k):
         for candidates in proposals:
             if rank < len(candidates) and not any(_same(candidates[rank], c) for c in merged):
                 merged.append(candidates[rank])
     return merged
+
+
+def _best_poses_agree(proposals: list[list[Candidate]], shape: Sequence[int], tolerance: float) -> bool:
+    """Whether at least two criteria propose candidates and their best poses agree: every fixed-image corner
+    maps within ``tolerance`` x the image's longest side (independent criteria rarely agree on a wrong pose)."""
+    if len(proposals) < 2 or not all(proposals[:2]):
+        return False
+    h, w = shape
+    corners = torch.tensor([[0.0, 0.0], [0.0, w - 1.0], [h - 1.0, 0.0], [h - 1.0, w - 1.0]])
+    first, second = (geometry.apply_affine_to_points(p[0].affine.float().cpu(), corners) for p in proposals[:2])
+    return float((first - second).norm(dim=1).max()) <= tolerance * max(h, w)
 
 
 def _same(a: Candidate, b: Candidate) -> bool:
