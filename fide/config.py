@@ -117,11 +117,16 @@ class FibreConfig:
     # fide: the grid searches unmirrored poses at these scales first (same pixel size: the usual pair) and stops
     # when one is confirmed; the other scales, then mirrored poses, only if not
     likely_scales: tuple[float, float] = (0.9, 1.1)
-    # fide: distinct poses of each grid shell that are checked (each costs ~0.2 s); on dense synthetic centre
-    # patches the true pose ranked 2nd or 3rd, a few hundredths of a vote below a wrong one
+    # fide: distinct poses of each grid shell and vote that are checked (each ~0.06 s, and ~0.5 s more for a pose the
+    # patches confirm); on dense synthetic centre patches the true pose ranked 2nd or 3rd, a few hundredths of a
+    # vote below a wrong one
     grid_candidates: int = 4
     scale_step: float = 0.06
     pool_px: int = 2  # tolerance of each vote, pixels at size_px, for the grid's pose error
+    # fide: the grid's candidates come from each of these patch votes (fide.prealign.fibre_match.VOTES), from one
+    # set of correlations: on seven dense synthetic centre patches the true pose was among the 4 best distinct grid
+    # poses of the median on 4, of the mean on 4, of either on 6
+    votes: tuple[str, ...] = ("median", "mean")
     refine_size_px: int = 417  # per-patch location and first continuous fit
     locate_window_px: float = 24.0  # each patch looks this far from where the voted pose puts it
     ransac_threshold_px: float = 4.0
@@ -135,6 +140,9 @@ class FibreConfig:
     # fide: ... and, where the current NMI is above optimise.quality_flag_below, if it lowers that NMI by at most
     # this fraction (measured: a wrong match 0.79x, a right rescue 0.94x)
     nmi_tolerance: float = 0.1
+    # fide: ... unless its texture NCC reaches this: the NMI bar is then waived (a wrong match fitted to 0.21 in
+    # the 512 px demo; right rescues on synthetic centre patches 0.28-0.47, one rejected at 0.31 with NMI 0.74x)
+    texture_overrides_nmi: float = 0.3
     # fide: the search also runs when the selected pose's texture NCC is below this (a wrong pose scores ~0)
     verify_below: float = 0.2
     # fide: optional last affine step at full resolution on the texture of a confident pose (the NMI passes end at
@@ -145,6 +153,11 @@ class FibreConfig:
     polish_learning_rate: float = 0.05
     polish_nmi_tolerance: float = 0.01
     batch: int = 32
+
+    def __post_init__(self) -> None:
+        self.votes = tuple(self.votes)  # a JSON config gives a list
+        if not self.votes or any(vote not in ("median", "mean") for vote in self.votes):
+            raise ValueError(f"fibres.votes must be a non-empty list of 'median' / 'mean', got {list(self.votes)}")
 
 
 @dataclass

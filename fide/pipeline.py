@@ -310,9 +310,11 @@ def _fibre_fallback(
     match_quality = inputs.quality(match.affine)
     # where the label maps carry signal (NMI above the flag), a texture match must not lower it much: at 512 px a
     # pose 2 px off scores little texture, and a match elsewhere (13 px, NMI 0.071 vs 0.091) had replaced it, while
-    # a true rescue from a wrong mirrored pose scored NMI 0.058 vs 0.062
+    # a true rescue from a wrong mirrored pose scored NMI 0.058 vs 0.062; a texture fit as strong as right poses
+    # reach (texture_overrides_nmi) is trusted over labels that lack an outline to hold on to (centre patches)
     informative = quality >= cfg.optimise.quality_flag_below
-    nmi_kept = not informative or match_quality >= (1 - cfg.fibres.nmi_tolerance) * quality
+    strong = match.texture_score >= cfg.fibres.texture_overrides_nmi
+    nmi_kept = not informative or strong or match_quality >= (1 - cfg.fibres.nmi_tolerance) * quality
     if match.texture_score > max(cfg.fibres.accept_ratio * match.current_score, 0.0) and nmi_kept:
         return match.affine, match_quality, match.texture_score, f"fibre fallback kept: {scores}"
     if not nmi_kept:

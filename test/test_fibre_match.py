@@ -46,12 +46,25 @@ def test_patches_vote_for_the_true_pose_at_its_position(bands):
     fixed_band, moving_band, patches = bands
     wrong = similarity(90.0, 1.1, SIZE)[:2, :2]
     linear = torch.stack([TRUE_POSE[:2, :2], wrong])
-    votes, reference = fibre_match.patch_consensus(fixed_band, moving_band, patches, linear, pool_px=1)
+    both, reference = fibre_match.patch_consensus(
+        fixed_band, moving_band, patches, linear, pool_px=1, votes=("median", "mean")
+    )
+    assert both.shape == (2, 2, *moving_band.shape[-2:])
     expected = geometry.apply_affine_to_points(TRUE_POSE, reference[None])[0]
-    best = int(votes[0].argmax())
-    found = torch.tensor([best // votes.shape[-1], best % votes.shape[-1]], dtype=torch.float32)
-    assert float((found - expected).norm()) <= 1.5
-    assert float(votes[0].max()) > max(0.6, 1.5 * float(votes[1].max()))
+    for votes in both:  # the median and the mean of the patches
+        best = int(votes[0].argmax())
+        found = torch.tensor([best // votes.shape[-1], best % votes.shape[-1]], dtype=torch.float32)
+        assert float((found - expected).norm()) <= 1.5
+        assert float(votes[0].max()) > max(0.6, 1.5 * float(votes[1].max()))
+
+
+def test_votes_of_one_patch_agree_and_unknown_votes_are_refused(bands):
+    fixed_band, moving_band, patches = bands
+    linear = TRUE_POSE[None, :2, :2]
+    both, _ = fibre_match.patch_consensus(fixed_band, moving_band, patches[:1], linear, 1, votes=("median", "mean"))
+    assert torch.equal(both[0], both[1])  # one patch: median and mean are its own correlation
+    with pytest.raises(ValueError, match="votes"):
+        fibre_match.patch_consensus(fixed_band, moving_band, patches, linear, 1, votes=("max",))
 
 
 def test_locate_patches_finds_each_patch_near_a_rough_pose(bands):

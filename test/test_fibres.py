@@ -8,7 +8,7 @@ from fide import geometry
 from fide.config import FibreConfig, config_from_dict
 from fide.pipeline import register_pair
 from fide.prealign import fibres
-from fide.prealign.fibre_match import band_pass, collagen_patches
+from fide.prealign.fibre_match import band_pass, collagen_patches, similarity_grid
 from fide.preprocess.intensity import HE_STAINS
 
 SIZE = 200
@@ -186,3 +186,19 @@ def test_texture_scores_in_chunks_equal_one_pass(sparse_pair, monkeypatch):
     apart = texture.scores(poses)
     assert torch.allclose(together, apart, atol=1e-6)
     assert abs(float(together[0]) - texture.score(truth)) < 1e-6 and float(together[0]) > 2 * float(together[1])
+
+
+def test_grid_candidates_come_from_every_vote_without_repeats(sparse_pair):
+    fixed, moving, truth = sparse_pair
+    level = fibres._level(fixed, moving, SIZE, SMALL.band_px, SMALL.patches, SMALL)
+    linear = similarity_grid(0.9, 1.1, 12.0, 0.1, (False,), 180.0)
+    one, _ = fibres._best_poses(level, linear, 16, SMALL.pool_px, 3, ("median",))
+    both, _ = fibres._best_poses(level, linear, 16, SMALL.pool_px, 3, ("median", "mean"))
+    assert 3 <= len(both) <= 6 and torch.equal(both[0][1], one[0][1])  # the first vote's best comes first
+    landed = [geometry.apply_affine_to_points(affine, torch.zeros(1, 2))[0] for _, affine in both]
+    for i in range(len(both)):
+        for j in range(i):
+            same_linear = torch.allclose(both[i][1][:2, :2], both[j][1][:2, :2])
+            assert not (same_linear and float((landed[i] - landed[j]).norm()) < 1e-3)
+    with pytest.raises(ValueError, match="votes"):
+        FibreConfig(votes=("max",))

@@ -28,6 +28,7 @@ __all__ = [
     "box_px",
     "MovingSpectra",
     "patch_consensus",
+    "VOTES",
     "locate_patches",
 ]
 
@@ -170,6 +171,9 @@ def _patch_ncc(fixed_band: torch.Tensor, patch: Patch, linear: torch.Tensor, spe
     return ncc
 
 
+VOTES = ("median", "mean")  # how the patches' correlations can be combined into one vote
+
+
 def patch_consensus(
     fixed_band: torch.Tensor,
     moving_band: torch.Tensor,
@@ -177,8 +181,9 @@ def patch_consensus(
     linear: torch.Tensor,
     pool_px: int,
     spectra: MovingSpectra | None = None,
+    votes: Sequence[str] = ("mean",),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over patches of their normalised cross-correlation, for every translation of every pose.
+    """Consensus over patches of their normalised cross-correlation, for every translation of every pose.
 
     Args:
         fixed_band: (1, 1, H, W) band-passed SHG.
@@ -188,24 +193,31 @@ def patch_consensus(
         pool_px: each patch's correlation is max-pooled over this radius before the vote, so that patches far from
             the reference point still agree despite the pose grid's step.
         spectra: the moving image's FFTs from an earlier call on the same image (rebuilt when None or too small).
+        votes: combinations of the patches' correlations, each of :data:`VOTES`, all from one set of correlations.
+            The median needs half the patches to agree (one patch matching dense texture by chance lifts the mean
+            of a wrong pose), the mean counts every patch (a true patch that matches weakly still adds).
 
     Returns:
-        (B, Hm, Wm) consensus in [-1, 1] indexed by the moving position of the reference point (the area-weighted
-        centre of the patches), and that reference point (2,) in the fixed image.
+        (V, B, Hm, Wm) consensus in [-1, 1] per vote, indexed by the moving position of the reference point (the
+        area-weighted centre of the patches), and that reference point (2,) in the fixed image.
     """
+    unknown = [vote for vote in votes if vote not in VOTES]
+    if unknown or not votes:
+        raise ValueError(f"fibres.votes must be a non-empty list of {list(VOTES)}, got {list(votes)}")
     size = moving_band.shape[-2:]
     areas = torch.stack([p.mask.sum() for p in patches])
     reference = (torch.stack([p.centre for p in patches]) * areas[:, None]).sum(0) / areas.sum()
     box = box_px(patches, linear)
     spectra = spectra if spectra is not None and spectra.fits(size, box) else MovingSpectra(moving_band, box)
-    votes = torch.zeros(len(linear), *size, device=moving_band.device)
-    for patch in patches:
+    aligned = torch.zeros(len(patches), len(linear), *size, device=moving_band.device)
+    for patch, patch_votes in zip(patches, aligned):
         ncc = _dilate(_patch_ncc(fixed_band, patch, linear, spectra), pool_px)
         # the patch centre sits at reference' + L (centre - reference): read each vote at that spot (nearest pixel)
         shifts = torch.round(torch.einsum("bij,j->bi", linear, patch.centre - reference)).long().tolist()
         for b, (di, dj) in enumerate(shifts):
-            _add_shifted(votes[b], ncc[b], di, dj)
-    return votes / len(patches), reference
+            _add_shifted(patch_votes[b], ncc[b], di, dj)
+    combined = [aligned.median(0).values if vote == "median" else aligned.mean(0) for vote in votes]
+    return torch.stack(combined), reference
 
 
 def locate_patches(

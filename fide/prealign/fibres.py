@@ -80,10 +80,11 @@ def _level(
 
 
 def _best_poses(
-    level: _Level, linear: torch.Tensor, batch: int, pool_px: int, count: int
+    level: _Level, linear: torch.Tensor, batch: int, pool_px: int, count: int, votes: Sequence[str] = ("mean",)
 ) -> tuple[list[tuple[float, torch.Tensor]], float]:
-    """The ``count`` best distinct poses of a grid by patch consensus, best first, as (score, (3, 3) affine on the
-    level's grid), and the best score of a pose far from the winner (the runner-up).
+    """The ``count`` best distinct poses of a grid for each patch vote, interleaved best first without repeats, as
+    (vote, (3, 3) affine on the level's grid), and the best score of a pose far from the first winner (the
+    runner-up).
 
     Poses are distinct when the reference point lands apart or the linear parts differ by more than the grid's
     tolerance; on dense texture the true pose can rank second or third by a few hundredths.
@@ -92,30 +93,44 @@ def _best_poses(
     spectra = MovingSpectra(level.moving_band, box_px(level.patches, linear))
     for start in range(0, len(linear), batch):
         chunk = linear[start : start + batch]
-        votes, reference = patch_consensus(level.fixed_band, level.moving_band, level.patches, chunk, pool_px, spectra)
-        value, index = votes.flatten(1).max(1)
+        consensus, reference = patch_consensus(
+            level.fixed_band, level.moving_band, level.patches, chunk, pool_px, spectra, votes
+        )
+        value, index = consensus.flatten(2).max(2)  # (V, B)
         scores.append(value)
-        positions.append(torch.stack([index // votes.shape[-1], index % votes.shape[-1]], 1).float())
-    score, position = torch.cat(scores), torch.cat(positions)
+        positions.append(torch.stack([index // consensus.shape[-1], index % consensus.shape[-1]], -1).float())
+    score, position = torch.cat(scores, 1), torch.cat(positions, 1)  # (V, P), (V, P, 2)
     radius = 4 * pool_px + 4
-    far = (position - position[int(score.argmax())]).norm(dim=1) > radius
-    runner_up = float(score[far].max()) if bool(far.any()) else -1.0
-    kept: list[int] = []
-    for index in torch.argsort(score, descending=True).tolist():
-        if all(
-            float((position[index] - position[j]).norm()) > radius
+    far = (position[0] - position[0, int(score[0].argmax())]).norm(dim=1) > radius
+    runner_up = float(score[0, far].max()) if bool(far.any()) else -1.0
+
+    def distinct(kept: list[tuple[int, int]], vote: int, index: int) -> bool:
+        return all(
+            float((position[vote, index] - position[v, j]).norm()) > radius
             or float(torch.linalg.matrix_norm(linear[index] - linear[j])) > 0.2  # ~2 angle steps or a mirror
-            for j in kept
-        ):
-            kept.append(index)
-        if len(kept) == count:
-            break
+            for v, j in kept
+        )
+
+    ranked: list[list[tuple[int, int]]] = []
+    for vote in range(len(score)):
+        own: list[tuple[int, int]] = []
+        for index in torch.argsort(score[vote], descending=True).tolist():
+            if distinct(own, vote, index):
+                own.append((vote, index))
+            if len(own) == count:
+                break
+        ranked.append(own)
+    kept: list[tuple[int, int]] = []
+    for rank in range(count):
+        for own in ranked:
+            if rank < len(own) and distinct(kept, *own[rank]):
+                kept.append(own[rank])
     poses = []
-    for index in kept:
+    for vote, index in kept:
         affine = torch.eye(3, device=linear.device)
         affine[:2, :2] = linear[index]
-        affine[:2, 2] = position[index] - linear[index] @ reference
-        poses.append((float(score[index]), affine))
+        affine[:2, 2] = position[vote, index] - linear[index] @ reference
+        poses.append((float(score[vote, index]), affine))
     return poses, runner_up
 
 
@@ -360,7 +375,7 @@ def fibre_search(
     linear = similarity_grid(*scale_range, cfg.angle_step_deg, cfg.scale_step, mirrors, max_rotation_deg).to(fixed)
     best_match = None
     for shell in _grid_shells(linear, cfg.likely_scales):
-        poses, runner_up = _best_poses(coarse, shell, cfg.batch, cfg.pool_px, cfg.grid_candidates)
+        poses, runner_up = _best_poses(coarse, shell, cfg.batch, cfg.pool_px, cfg.grid_candidates, cfg.votes)
         for grid_score, pose in poses:
             confirmed = _confirm(fine, coarse.up(pose), cfg, seed)
             if confirmed is None:
