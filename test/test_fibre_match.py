@@ -74,3 +74,9 @@ def test_locate_patches_finds_each_patch_near_a_rough_pose(bands):
     assert len(centres) == len(patches) >= 5 and bool((peaks > 0.5).all())
     error = positions - geometry.apply_affine_to_points(TRUE_POSE, centres)
     assert float(error.norm(dim=1).max()) <= 1.5
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5])
+def test_median_of_patches_matches_torch(count):
+    stack = torch.randn(count, 2, 5, 7, generator=torch.Generator().manual_seed(count))
+    assert torch.equal(fibre_match._median(stack), stack.median(0).values)

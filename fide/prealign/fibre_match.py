@@ -216,8 +216,16 @@ def patch_consensus(
         shifts = torch.round(torch.einsum("bij,j->bi", linear, patch.centre - reference)).long().tolist()
         for b, (di, dj) in enumerate(shifts):
             _add_shifted(patch_votes[b], ncc[b], di, dj)
-    combined = [aligned.median(0).values if vote == "median" else aligned.mean(0) for vote in votes]
+    combined = [_median(aligned) if vote == "median" else aligned.mean(0) for vote in votes]
     return torch.stack(combined), reference
+
+
+def _median(stack: torch.Tensor) -> torch.Tensor:
+    """Median over the first dimension (the lower middle one for an even count)."""
+    if len(stack) == 3:  # the default patch count: by min/max, ~10x faster than torch.median over a leading dim
+        low, high = torch.minimum(stack[0], stack[1]), torch.maximum(stack[0], stack[1])
+        return torch.maximum(low, torch.minimum(high, stack[2]))
+    return stack.median(0).values
 
 
 def locate_patches(
