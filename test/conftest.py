@@ -103,3 +103,32 @@ def empty_core_pair(size: int, pose: torch.Tensor) -> tuple[torch.Tensor, torch.
     for (ci, cj), radius in zip(centres, [0.1, 0.09, 0.07, 0.065, 0.055, 0.05, 0.05]):
         disks += ((grid[0] - ci * size) ** 2 + (grid[1] - cj * size) ** 2 < (radius * size) ** 2).float()
     return seen_from_fixed * disks, texture
+
+
+# the fibre tests' nearly empty SHG (test_fibres.py, test_fibre_texture.py): lengths scale with the image side / 834,
+# these give ~2-8 px bands at 200 px, where the test texture lives
+SPARSE_SIZE = 200
+
+
+def sparse_fibre_config():
+    from fide.config import FibreConfig
+
+    return FibreConfig(
+        size_px=SPARSE_SIZE,
+        refine_size_px=SPARSE_SIZE,
+        band_px=(6.0, 30.0),
+        final_band_px=(4.0, 24.0),
+        patch_smooth_px=12.0,
+        patch_max_radius_px=400.0,
+        angle_step_deg=6.0,
+        scale_step=0.06,
+    )
+
+
+SPARSE_POSE = similarity(150.0, 1.1, SPARSE_SIZE, shift=(4.0, -6.0))
+
+
+@pytest.fixture(scope="module")
+def sparse_pair():
+    """Fixed and moving (1, 1, 200, 200) intensities of :func:`empty_core_pair` and the pose between them."""
+    return (*empty_core_pair(SPARSE_SIZE, SPARSE_POSE), SPARSE_POSE)
