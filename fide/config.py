@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ __all__ = [
     "REFERENCE_SIDE_PX",
     "MIRROR_CHOICES",
     "LABEL_SEARCH_CHOICES",
+    "FIBRE_VOTES",
+    "fibre_votes",
 ]
 
 # pipeline prefixes selectable with --stages (each includes the ones before it)
@@ -36,6 +39,21 @@ STAGES = ("search", "prealign", "affine", "deformable")
 MIRROR_CHOICES = ("auto", "never", "always")
 # SearchConfig.label_search: only where the correlation criteria disagree, or always
 LABEL_SEARCH_CHOICES = ("auto", "always")
+# FibreConfig.votes: how the collagen patches' correlations can be combined into one vote on the fibre grid
+FIBRE_VOTES = ("median", "mean")
+
+
+def fibre_votes(votes: Sequence[str]) -> tuple[str, ...]:
+    """``votes`` as a tuple, checked against :data:`FIBRE_VOTES` (a JSON config gives a list).
+
+    Raises:
+        ValueError: empty, or a vote that is not one of them.
+    """
+    if not votes or any(vote not in FIBRE_VOTES for vote in votes):
+        raise ValueError(f"fibres.votes must be a non-empty list of {list(FIBRE_VOTES)}, got {list(votes)}")
+    return tuple(votes)
+
+
 # the challenge's image side; lengths given "at 834 px" (fibre widths, band-pass scales) scale by side / this
 REFERENCE_SIDE_PX = 834
 
@@ -123,7 +141,7 @@ class FibreConfig:
     grid_candidates: int = 4
     scale_step: float = 0.06
     pool_px: int = 2  # tolerance of each vote, pixels at size_px, for the grid's pose error
-    # fide: the grid's candidates come from each of these patch votes (fide.prealign.fibre_match.VOTES), from one
+    # fide: the grid's candidates come from each of these patch votes (FIBRE_VOTES), from one
     # set of correlations: on seven dense synthetic centre patches the true pose was among the 4 best distinct grid
     # poses of the median on 4, of the mean on 4, of either on 6
     votes: tuple[str, ...] = ("median", "mean")
@@ -155,9 +173,7 @@ class FibreConfig:
     batch: int = 32
 
     def __post_init__(self) -> None:
-        self.votes = tuple(self.votes)  # a JSON config gives a list
-        if not self.votes or any(vote not in ("median", "mean") for vote in self.votes):
-            raise ValueError(f"fibres.votes must be a non-empty list of 'median' / 'mean', got {list(self.votes)}")
+        self.votes = fibre_votes(self.votes)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from monai.networks.layers import GaussianFilter
 from scipy import ndimage
 
 from fide import geometry
+from fide.config import fibre_votes
 from fide.prealign.search import rotation_angles_deg
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "box_px",
     "MovingSpectra",
     "patch_consensus",
-    "VOTES",
     "locate_patches",
 ]
 
@@ -171,9 +171,6 @@ def _patch_ncc(fixed_band: torch.Tensor, patch: Patch, linear: torch.Tensor, spe
     return ncc
 
 
-VOTES = ("median", "mean")  # how the patches' correlations can be combined into one vote
-
-
 def patch_consensus(
     fixed_band: torch.Tensor,
     moving_band: torch.Tensor,
@@ -193,17 +190,15 @@ def patch_consensus(
         pool_px: each patch's correlation is max-pooled over this radius before the vote, so that patches far from
             the reference point still agree despite the pose grid's step.
         spectra: the moving image's FFTs from an earlier call on the same image (rebuilt when None or too small).
-        votes: combinations of the patches' correlations, each of :data:`VOTES`, all from one set of correlations.
-            The median needs half the patches to agree (one patch matching dense texture by chance lifts the mean
-            of a wrong pose), the mean counts every patch (a true patch that matches weakly still adds).
+        votes: combinations of the patches' correlations, each of :data:`fide.config.FIBRE_VOTES`, all from one
+            set of correlations. The median needs half the patches to agree (one patch matching dense texture by
+            chance lifts the mean of a wrong pose), the mean counts every patch (a weak true patch still adds).
 
     Returns:
         (V, B, Hm, Wm) consensus in [-1, 1] per vote, indexed by the moving position of the reference point (the
         area-weighted centre of the patches), and that reference point (2,) in the fixed image.
     """
-    unknown = [vote for vote in votes if vote not in VOTES]
-    if unknown or not votes:
-        raise ValueError(f"fibres.votes must be a non-empty list of {list(VOTES)}, got {list(votes)}")
+    votes = fibre_votes(votes)
     size = moving_band.shape[-2:]
     areas = torch.stack([p.mask.sum() for p in patches])
     reference = (torch.stack([p.centre for p in patches]) * areas[:, None]).sum(0) / areas.sum()

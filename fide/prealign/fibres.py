@@ -43,7 +43,7 @@ def _best_poses(
     level: TextureLevel, linear: torch.Tensor, batch: int, pool_px: int, count: int, votes: Sequence[str] = ("mean",)
 ) -> tuple[list[tuple[float, torch.Tensor]], float]:
     """The ``count`` best distinct poses of a grid for each patch vote, interleaved best first without repeats, as
-    (vote, (3, 3) affine on the level's grid), and the best score of a pose far from the first winner (the
+    (consensus score, (3, 3) affine on the level's grid), and the best score of a pose far from the first winner (the
     runner-up).
 
     Poses are distinct when the reference point lands apart or the linear parts differ by more than the grid's
