@@ -25,23 +25,10 @@ from fide.cli._common import configure_logging, seed_everything, select_device
 from fide.cli.register import add_run_arguments, register_with_run_options
 from fide.config import FideConfig
 from fide.features.select import resolve_encoders
-from fide.io import DatasetError, load_dataset
+from fide.io import DatasetError, find_descriptor, load_dataset
 from fide.resources import configure_threads
 
 logger = logging.getLogger("fide.entrypoint")
-
-
-def find_descriptor(input_dir: Path) -> Path:
-    """The single ``*_dataset.json`` under ``input_dir`` (searched recursively); ambiguity is an error."""
-    if not input_dir.is_dir():
-        raise DatasetError(f"{input_dir}: input folder not found")
-    found = sorted(input_dir.rglob("*_dataset.json"))
-    if not found:
-        raise DatasetError(f"{input_dir}: no *_dataset.json descriptor found")
-    if len(found) > 1:
-        names = ", ".join(str(p) for p in found)
-        raise DatasetError(f"{input_dir}: {len(found)} descriptors found ({names}); choose one with --dataset")
-    return found[0]
 
 
 def main(argv: list[str] | None = None) -> int:

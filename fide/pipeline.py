@@ -23,9 +23,10 @@ from fide.optimise.confidence import pose_confidence
 from fide.optimise.deformable import optimise_deformable
 from fide.optimise.instance import WorkingPair, label_nmi, make_working_pair, optimise_affine
 from fide.optimise.losses import LabelNMILoss
-from fide.prealign.fibres import FibreTexture, fibre_search
+from fide.prealign.fibre_fallback import fibre_fallback, texture_polish
+from fide.prealign.fibres import FibreTexture
 from fide.prealign.prealign import prealign_affine
-from fide.prealign.search import search_mirrors, search_similarity
+from fide.prealign.search import search_similarity
 from fide.preprocess import PreparedImage, prepare_pair
 
 __all__ = ["RegistrationResult", "register_pair", "FeatureFn", "handcrafted_features"]
@@ -215,15 +216,22 @@ def register_pair(
     # also where the label NMI is low at a right pose (centre patches)
     if texture is not None and texture_score < cfg.fibres.verify_below:
         hypotheses = [affine for _, affine in ranked] + candidates
-        best_affine, best_quality, texture_score, note = _fibre_fallback(
-            inputs, cfg, best_affine, best_quality, hypotheses
+        best_affine, best_quality, texture_score, note = fibre_fallback(
+            inputs.fixed.intensity,
+            inputs.moving.intensity,
+            texture,
+            inputs.quality,
+            cfg,
+            best_affine,
+            best_quality,
+            hypotheses,
         )
         stage_affines["fibres"] = best_affine
         notes.append(note)
         lap("fibres")
     if texture is not None and texture_score >= cfg.fibres.verify_below and cfg.fibres.polish_iterations > 0:
-        best_affine, best_quality, texture_score = _polish(
-            inputs, texture, cfg.fibres, best_affine, best_quality, texture_score
+        best_affine, best_quality, texture_score = texture_polish(
+            texture, inputs.quality, cfg.fibres, best_affine, best_quality, texture_score
         )
         stage_affines["polish"] = best_affine
         lap("polish")
@@ -275,72 +283,6 @@ def _select(
         logger.debug("selection: texture NCC %.3f beats the NMI choice's %.3f", textures[best], textures[0])
         return ranked[best]
     return ranked[0]
-
-
-def _fibre_fallback(
-    inputs: _PairInputs, cfg: FideConfig, affine: torch.Tensor, quality: float, hypotheses: list[torch.Tensor]
-) -> tuple[torch.Tensor, float, float, str]:
-    """For a doubtful pair: the fibre-texture search, kept if its texture score clearly wins.
-
-    The collagen patches first check the poses already found (restarts and search candidates: a true pose that
-    the label maps ranked low); the exhaustive grid runs only where the label maps carry almost nothing (NMI under
-    the quality flag: nearly empty SHG). Label NMI cannot judge such pairs (it can score a wrong pose above the
-    true one), so the choice is made by the measure the search optimises, evaluated on both affines alike.
-    Returns the affine, its NMI, its texture score and a one-line note of what happened.
-    """
-    fixed, moving = inputs.fixed.intensity, inputs.moving.intensity
-    scales = (cfg.search.scale_min, cfg.search.scale_max)
-    texture = inputs.texture()
-    match = fibre_search(
-        fixed,
-        moving,
-        cfg.fibres,
-        scales,
-        cfg.seed,
-        current=affine,
-        texture=texture,
-        hypotheses=hypotheses,
-        grid=quality < cfg.optimise.quality_flag_below,
-        mirrors=search_mirrors(cfg.search.mirror),
-        max_rotation_deg=cfg.search.max_rotation_deg,
-    )
-    if match is None:
-        return affine, quality, texture.score(affine), "fibre fallback: no confirmed match"
-    scores = f"texture NCC {match.texture_score:.3f} vs {match.current_score:.3f}"
-    match_quality = inputs.quality(match.affine)
-    # where the label maps carry signal (NMI above the flag), a texture match must not lower it much: at 512 px a
-    # pose 2 px off scores little texture, and a match elsewhere (13 px, NMI 0.071 vs 0.091) had replaced it, while
-    # a true rescue from a wrong mirrored pose scored NMI 0.058 vs 0.062; a texture fit as strong as right poses
-    # reach (texture_overrides_nmi) is trusted over labels that lack an outline to hold on to (centre patches)
-    informative = quality >= cfg.optimise.quality_flag_below
-    strong = match.texture_score >= cfg.fibres.texture_overrides_nmi
-    nmi_kept = not informative or strong or match_quality >= (1 - cfg.fibres.nmi_tolerance) * quality
-    if match.texture_score > max(cfg.fibres.accept_ratio * match.current_score, 0.0) and nmi_kept:
-        return match.affine, match_quality, match.texture_score, f"fibre fallback kept: {scores}"
-    if not nmi_kept:
-        scores += f", NMI {match_quality:.3f} vs {quality:.3f}"
-    return affine, quality, match.current_score, f"fibre fallback not kept: {scores}"
-
-
-def _polish(
-    inputs: _PairInputs,
-    texture: FibreTexture,
-    cfg: FibreConfig,
-    affine: torch.Tensor,
-    quality: float,
-    start_score: float,
-) -> tuple[torch.Tensor, float, float]:
-    """The last affine step at full resolution, on the fibre texture (the finest structure both images share).
-
-    Kept only if the full-resolution NMI stays within ``polish_nmi_tolerance`` of the pose it started from
-    (``quality``, texture NCC ``start_score``). Returns the affine, its NMI and its texture NCC.
-    """
-    refined, score = texture.refine(affine, cfg.polish_iterations, cfg.polish_learning_rate)
-    refined_quality = inputs.quality(refined)
-    logger.debug("polish: texture %.4f -> %.4f, NMI %.4f -> %.4f", start_score, score, quality, refined_quality)
-    if score > start_score and refined_quality >= (1 - cfg.polish_nmi_tolerance) * quality:
-        return refined, refined_quality, score
-    return affine, quality, start_score
 
 
 def _fine_pass(

@@ -23,9 +23,10 @@ def bands():
 
 def test_similarity_grid_covers_the_circle_and_the_scales():
     linear = fibre_match.similarity_grid(0.8, 1.2, angle_step_deg=10.0, scale_step=0.05)
-    scales = torch.linalg.det(linear).sqrt()
-    assert linear.shape[0] == 36 * 9  # 0.8 * 1.05^8 = 1.18 <= 1.2
-    assert torch.allclose(scales.min(), torch.tensor(0.8)) and float(scales.max()) <= 1.2
+    scales = torch.linalg.det(linear).sqrt().view(36, 8)  # angle-major
+    assert torch.allclose(scales, (1.05 ** torch.arange(-4.0, 4.0)).expand(36, 8), atol=1e-5)  # 0.823 ... 1.158
+    one = fibre_match.similarity_grid(1.01, 1.02, angle_step_deg=90.0, scale_step=0.05)  # no lattice point inside
+    assert torch.allclose(torch.linalg.det(one).sqrt(), torch.tensor((1.01 * 1.02) ** 0.5))
     angles = torch.atan2(linear[:, 1, 0], linear[:, 0, 0]).remainder(2 * math.pi)
     assert len(torch.unique(torch.round(torch.rad2deg(angles)))) == 36
 

@@ -40,6 +40,16 @@ def test_load_dataset_pairs_and_names(tmp_path):
     assert fixed_csv == tmp_path / "landmarksTr/T_0001_0000.csv" and moving_csv.name == "T_0001_0001.csv"
 
 
+def test_a_folder_stands_for_the_one_descriptor_under_it(tmp_path):
+    path = _task(tmp_path / "task")
+    assert load_dataset(tmp_path).path == path.resolve()  # found below the folder given, as the entry point does
+    with pytest.raises(DatasetError, match="no \\*_dataset.json descriptor found"):
+        load_dataset(tmp_path / "task" / "imagesTr")
+    (tmp_path / "Other_dataset.json").write_text("{}")
+    with pytest.raises(DatasetError, match="2 descriptors found .*Other_dataset.json.*T_dataset.json"):
+        load_dataset(tmp_path)
+
+
 def test_missing_key_in_pair_names_descriptor_and_key(tmp_path):
     path = tmp_path / "T_dataset.json"
     path.write_text(json.dumps({"registration_val": [{"fixed": "./imagesTr/a_0001_0000.nii.gz"}]}))

@@ -100,14 +100,14 @@ def test_rgb_fixed_image_falls_back_to_handcrafted_features_unless_learned_is_pi
 
 
 def test_full_resolution_polish_runs_on_a_confident_pose_and_keeps_it_right(task):
-    """The optional last step (fibres.polish_iterations): texture Adam at full resolution, NMI-gated."""
+    """The last step (fibres.polish_iterations, on by default): texture Adam at full resolution, NMI-gated."""
     pair = load_dataset(task).split("val")[2]
     fixed, moving = read_image(pair.fixed), read_image(pair.moving)
-    cfg = config_from_dict({"fibres": {"polish_iterations": 10}})
-    result = register_pair(fixed, moving, cfg)
+    result = register_pair(fixed, moving, FideConfig())
     assert "polish" in result.stage_affines and "polish" in result.seconds
     assert result.confidence_basis == "texture" and result.confidence > 0.9
     fixed_points, moving_points = (torch.from_numpy(p).float() for p in read_landmark_pair(*pair.landmarks()))
     error = geometry.map_points(fixed_points, result.disp) - moving_points
     assert float(error.norm(dim=1).mean()) < 2.0
-    assert "polish" not in register_pair(fixed, moving, FideConfig(stages="affine")).stage_affines  # off by default
+    off = config_from_dict({"fibres": {"polish_iterations": 0}})
+    assert "polish" not in register_pair(fixed, moving, off).stage_affines

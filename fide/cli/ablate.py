@@ -35,7 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="ablation table: TRE and time of pipeline variants",
         description=f"Variants (rows): {', '.join(VARIANTS)}.",
     )
-    parser.add_argument("dataset", type=Path, help="<TASK>_dataset.json (with landmarks for TRE)")
+    parser.add_argument(
+        "dataset", type=Path, help="<TASK>_dataset.json (with landmarks for TRE), or a folder holding one"
+    )
     parser.add_argument("--pairs", type=int, help="use the first N pairs of the split (default: all)")
     parser.add_argument("--split", choices=["val", "test", "train"], help="default: test when listed, else val")
     parser.add_argument("--variants", type=parse_variants, help=f"comma-separated subset of {','.join(VARIANTS)}")

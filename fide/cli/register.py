@@ -108,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> FideConfig:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("register", help="register a Learn2Reg dataset split")
-    parser.add_argument("dataset", type=Path, help="<TASK>_dataset.json")
+    parser.add_argument("dataset", type=Path, help="<TASK>_dataset.json, or a folder holding one")
     parser.add_argument("--output", "-o", type=Path, required=True, help="folder for disp_*.nii.gz and results.csv")
     parser.add_argument("--split", choices=["val", "test", "train"], help="default: test when listed, else val")
     parser.add_argument("--method", choices=sorted(METHODS), default="fide", help="'zero' = no registration")

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DatasetError", "Pair", "Dataset", "load_dataset", "unique_pairs", "SPLITS"]
+__all__ = ["DatasetError", "Pair", "Dataset", "find_descriptor", "load_dataset", "unique_pairs", "SPLITS"]
 
 # descriptor key of each split fide knows; "training" lists single images, the others pairs
 SPLITS = {
@@ -116,11 +116,29 @@ def _parse_pair(path: Path, root: Path, key: str, index: int, entry: object, che
     return Pair(fixed, moving, fcase, fmod, mcase, mmod)
 
 
+def find_descriptor(folder: str | Path) -> Path:
+    """The single ``*_dataset.json`` under ``folder`` (searched recursively, as a challenge input folder is laid out).
+
+    Raises:
+        DatasetError: the folder does not exist, holds no descriptor, or holds several (the message lists them).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: input folder not found")
+    found = sorted(folder.rglob("*_dataset.json"))
+    if not found:
+        raise DatasetError(f"{folder}: no *_dataset.json descriptor found")
+    if len(found) > 1:
+        names = ", ".join(str(p) for p in found)
+        raise DatasetError(f"{folder}: {len(found)} descriptors found ({names}); choose one with --dataset")
+    return found[0]
+
+
 def load_dataset(path: str | Path, *, check_files: bool = True) -> Dataset:
     """Read and validate a Learn2Reg descriptor.
 
     Paths in the descriptor are relative to its folder. Pair lists that are absent count as empty; extra keys are
-    kept in ``raw`` and otherwise ignored.
+    kept in ``raw`` and otherwise ignored. A folder stands for the one descriptor under it (:func:`find_descriptor`).
 
     Raises:
         DatasetError: unreadable JSON, a pair list that is not a list, a pair without both paths, a path that
@@ -128,6 +146,8 @@ def load_dataset(path: str | Path, *, check_files: bool = True) -> Dataset:
             ``check_files``). The message names the descriptor and the key.
     """
     path = Path(path).resolve()
+    if path.is_dir():
+        path = find_descriptor(path).resolve()
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:

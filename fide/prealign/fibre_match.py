@@ -90,9 +90,16 @@ def similarity_grid(
     max_rotation_deg: float = 180.0,
 ) -> torch.Tensor:
     """(B, 2, 2) linear parts ``s R(angle) M`` of a grid: rotations within ±``max_rotation_deg`` (the full circle
-    at 180), log-spaced scales, and each of ``mirrors`` (M flips the j axis where True)."""
+    at 180), the scales ``(1 + scale_step)^k`` within ``[scale_min, scale_max]`` (the geometric mean of the two
+    where none is), and each of ``mirrors`` (M flips the j axis where True).
+
+    Like the angles, the scales hold the identity: most pairs share the pixel size, and a lattice started at
+    ``scale_min`` left the usual scale 1 a third of a step off."""
     angles = rotation_angles_deg(angle_step_deg, max_rotation_deg) * math.pi / 180
-    scales = torch.exp(torch.arange(math.log(scale_min), math.log(scale_max) + 1e-9, math.log1p(scale_step)))
+    step = math.log1p(scale_step)
+    lowest, highest = math.ceil(math.log(scale_min) / step - 1e-9), math.floor(math.log(scale_max) / step + 1e-9)
+    exponents = torch.arange(lowest, highest + 1)
+    scales = torch.exp(exponents * step) if len(exponents) else torch.tensor([math.sqrt(scale_min * scale_max)])
     flips = torch.tensor([bool(m) for m in mirrors])
     angle, scale, flip = (t.flatten() for t in torch.meshgrid(angles, scales, flips.float(), indexing="ij"))
     return geometry.similarity_matrix(angle, scale, torch.zeros(2), torch.zeros(2), flip > 0.5)[:, :2, :2]
