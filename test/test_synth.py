@@ -11,7 +11,7 @@ import torch
 from scipy import ndimage
 
 from fide.cli.main import main as fide_main
-from fide.geometry import map_points, warp
+from fide.geometry import affine_to_disp, apply_affine_to_points, map_points, warp
 from fide.io import load_dataset, read_disp, read_image, read_landmark_pair
 from fide.synth import make_aligned_pair, make_pair, make_task, random_misalignment, write_image
 from fide.synth.misalign import Misalignment
@@ -174,6 +174,19 @@ def test_cli(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "c" / "X_dataset.json")
     assert load_dataset(tmp_path / "c" / "X_dataset.json").split("val")
     assert fide_main(["synth", str(tmp_path / "d"), "--pairs", "0", "--size", "96"]) == 2
+
+
+def test_warp_px_zero_gives_the_same_affine_exactly(tmp_path):
+    """--warp-px 0: the pose of the default pair, no warp on top, so the true field is that affine everywhere."""
+    warped, exact = make_pair("val", 0, 96, 5), make_pair("val", 0, 96, 5, warp_px=0.0)
+    np.testing.assert_array_equal(exact["misalignment"].affine, warped["misalignment"].affine)
+    assert exact["misalignment"].params["warp_max_px"] == 0.0 < warped["misalignment"].params["warp_max_px"]
+    affine = torch.from_numpy(exact["misalignment"].affine).float()
+    np.testing.assert_allclose(exact["disp"], affine_to_disp(affine[None], (96, 96))[0].numpy(), atol=1e-4)
+    moved = apply_affine_to_points(affine.double(), torch.from_numpy(exact["fixed_points"]).double())
+    np.testing.assert_allclose(moved.numpy(), exact["moving_points"], atol=1e-6)
+    assert fide_main(["synth", str(tmp_path / "w"), "--pairs", "1", "--size", "96", "--warp-px", "0"]) == 0
+    assert fide_main(["synth", str(tmp_path / "n"), "--pairs", "1", "--size", "96", "--warp-px", "-1"]) == 2
 
 
 def test_scale_range_validation(tmp_path):

@@ -32,6 +32,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="isotropic scale of the val/test affines (moving px per fixed px)",
     )
     parser.add_argument(
+        "--warp-px",
+        type=float,
+        default=4.0,
+        help="largest smooth-warp displacement on top of the affine, pixels at 834 px (0: exactly affine pairs)",
+    )
+    parser.add_argument(
         "--regime",
         default="core",
         choices=sorted(REGIMES),
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             name=args.name,
             scale_range=tuple(args.scale_range),
             regime=args.regime,
+            warp_px=args.warp_px,
         )
     except ValueError as err:
         logger.error("synth: %s", err)

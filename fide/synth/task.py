@@ -59,12 +59,15 @@ def make_pair(
     *,
     scale_range: tuple[float, float] = (0.85, 1.15),
     regime: str = "core",
+    warp_px: float = 4.0,
 ) -> dict:
     """Generate pair ``index`` of ``split`` ("train", "val" or "test"); deterministic in (seed, split, index).
 
     Args:
         regime: a key of :data:`fide.synth.regimes.REGIMES` (how the bright field is moved, cut and exported);
             ``scale_range`` applies where the regime does not fix the scale.
+        warp_px: largest displacement of the smooth warp on top of the affine, pixels at 834 px (scaled with
+            ``size``; 0: the pair is exactly affine, so any TRE left is the registration's own error).
 
     Returns:
         dict with ``fixed`` (1, H, W) uint8 SHG, ``moving`` (3, H, W) uint8 BF, and for "val"/"test" also
@@ -94,7 +97,7 @@ def make_pair(
         shear=setting.shear,
         anisotropy=setting.anisotropy,
         shift_frac=setting.shift_frac * size / view,
-        warp_px=4.0 * size / view,
+        warp_px=warp_px * size / view,
         mirror=setting.mirror,
     )
     fill = 255.0 if align_rng.random() < 1 - setting.black_fill_prob else 0.0  # corners: mostly white
@@ -196,6 +199,7 @@ def make_task(
     name: str = "SYNTHSHGBF",
     scale_range: tuple[float, float] = (0.85, 1.15),
     regime: str = "core",
+    warp_px: float = 4.0,
 ) -> Path:
     """Write a synthetic SHG/BF Learn2Reg task folder.
 
@@ -209,6 +213,8 @@ def make_task(
         name: task name and file prefix.
         scale_range: (low, high) isotropic scale of the val/test affines, moving pixels per fixed pixel.
         regime: acquisition regime of the val/test pairs, a key of :data:`fide.synth.regimes.REGIMES`.
+        warp_px: largest displacement of the smooth warp, pixels at 834 px (scaled with ``size``); 0 for exactly
+            affine pairs.
 
     Returns:
         Path of ``<out_dir>/<name>_dataset.json``.
@@ -222,6 +228,8 @@ def make_task(
         raise ValueError(f"at most 9999 cases fit the 4-digit case ids, got {pairs + train_pairs + test_pairs}")
     if not name or "_" in name or "/" in name:
         raise ValueError(f"name must be non-empty without '_' or '/', got {name!r}")
+    if not warp_px >= 0:
+        raise ValueError(f"warp_px must be >= 0, got {warp_px}")
     look_up_regime(regime)  # an unknown regime fails before anything is written
     out = Path(out_dir)
     counts = {"train": train_pairs, "val": pairs, "test": test_pairs}
@@ -234,7 +242,7 @@ def make_task(
             case = f"{next_case:04d}"
             next_case += 1
             cases[split].append(case)
-            pair = make_pair(split, index, size, seed, scale_range=scale_range, regime=regime)
+            pair = make_pair(split, index, size, seed, scale_range=scale_range, regime=regime, warp_px=warp_px)
             write_image(out / "imagesTr" / f"{name}_{case}_0000.nii.gz", pair["fixed"])
             write_image(out / "imagesTr" / f"{name}_{case}_0001.nii.gz", pair["moving"])
             if split != "train":
