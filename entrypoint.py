@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        descriptor = args.dataset or find_descriptor(args.input)
+        descriptor = args.dataset or find_descriptor(args.input, "choose one with --dataset")
         dataset = load_dataset(descriptor, check_files=False)  # a missing image fails its pair only
         split = args.split or dataset.default_split()
         pairs = dataset.split(split)

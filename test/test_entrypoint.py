@@ -98,6 +98,14 @@ def test_missing_descriptor_is_exit_2(entrypoint, tmp_path):
     assert entrypoint.main(["--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")]) == 2
 
 
+def test_two_descriptors_are_exit_2_and_the_message_names_dataset(entrypoint, tmp_path, caplog):
+    for name in ("A", "B"):
+        (tmp_path / "in" / name).mkdir(parents=True)
+        (tmp_path / "in" / name / f"{name}_dataset.json").write_text("{}")
+    assert entrypoint.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 2
+    assert "2 descriptors found" in caplog.text and "choose one with --dataset" in caplog.text
+
+
 def test_output_under_the_input_is_refused(entrypoint, layout):
     input_dir, _ = layout
     assert entrypoint.main(["--input", str(input_dir), "--output", str(input_dir / "out")]) == 2

@@ -46,7 +46,7 @@ def test_a_folder_stands_for_the_one_descriptor_under_it(tmp_path):
     with pytest.raises(DatasetError, match="no \\*_dataset.json descriptor found"):
         load_dataset(tmp_path / "task" / "imagesTr")
     (tmp_path / "Other_dataset.json").write_text("{}")
-    with pytest.raises(DatasetError, match="2 descriptors found .*Other_dataset.json.*T_dataset.json"):
+    with pytest.raises(DatasetError, match="2 descriptors found .*Other_dataset.json.*T_dataset.json.*; give the"):
         load_dataset(tmp_path)
 
 

@@ -116,8 +116,10 @@ def _parse_pair(path: Path, root: Path, key: str, index: int, entry: object, che
     return Pair(fixed, moving, fcase, fmod, mcase, mmod)
 
 
-def find_descriptor(folder: str | Path) -> Path:
+def find_descriptor(folder: str | Path, choose: str = "give the path of one instead of the folder") -> Path:
     """The single ``*_dataset.json`` under ``folder`` (searched recursively, as a challenge input folder is laid out).
+
+    ``choose`` ends the message when several are found: how the caller's user picks one.
 
     Raises:
         DatasetError: the folder does not exist, holds no descriptor, or holds several (the message lists them).
@@ -130,7 +132,7 @@ def find_descriptor(folder: str | Path) -> Path:
         raise DatasetError(f"{folder}: no *_dataset.json descriptor found")
     if len(found) > 1:
         names = ", ".join(str(p) for p in found)
-        raise DatasetError(f"{folder}: {len(found)} descriptors found ({names}); choose one with --dataset")
+        raise DatasetError(f"{folder}: {len(found)} descriptors found ({names}); {choose}")
     return found[0]
 
 

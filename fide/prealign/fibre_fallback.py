@@ -57,11 +57,7 @@ def fibre_fallback(
     Returns:
         The affine, its NMI, its texture score and a one-line note of what happened.
     """
-    if quality < cfg.optimise.quality_flag_below:
-        grid = True
-    else:
-        scores = {"nmi": quality, "texture_contrast": texture.contrast(affine, cfg.confidence.texture_shift_px)}
-        grid = pose_confidence(scores, cfg.confidence)[0] < cfg.confidence.flag_below
+    grid = quality < cfg.optimise.quality_flag_below or _would_be_flagged(texture, affine, quality, cfg)
     match = fibre_search(
         fixed,
         moving,
@@ -91,6 +87,12 @@ def fibre_fallback(
     if not nmi_kept:
         scores += f", NMI {match_quality:.3f} vs {quality:.3f}"
     return affine, quality, match.current_score, f"fibre fallback not kept: {scores}"
+
+
+def _would_be_flagged(texture: FibreTexture, affine: torch.Tensor, quality: float, cfg: FideConfig) -> bool:
+    """Whether results.csv would flag ``affine`` as it stands (the confidence register_pair reports)."""
+    scores = {"nmi": quality, "texture_contrast": texture.contrast(affine, cfg.confidence.texture_shift_px)}
+    return pose_confidence(scores, cfg.confidence)[0] < cfg.confidence.flag_below
 
 
 def texture_polish(
