@@ -25,7 +25,7 @@ from fide.optimise.instance import WorkingPair, label_nmi, make_working_pair, op
 from fide.optimise.losses import LabelNMILoss
 from fide.prealign.fibre_fallback import fibre_fallback, texture_polish
 from fide.prealign.fibres import FibreTexture
-from fide.prealign.prealign import prealign_affine
+from fide.prealign.prealign import fixed_keypoints, prealign_affine
 from fide.prealign.search import search_similarity
 from fide.preprocess import PreparedImage, prepare_pair
 
@@ -190,11 +190,12 @@ def register_pair(
     search_maps = [(fixed.intensity, moving.intensity)]
     if features is None and encoders is not None:
         search_maps.insert(0, feature_fn(fixed.intensity, moving.intensity))
-    candidates = _search(fixed, moving, search_maps, cfg)
+    inputs = _PairInputs(fixed, moving, fixed_labels, moving_labels, feature_fn, opt.num_labels, cfg.fibres)
+    texture_judges = cfg.runs("affine") and inputs.texture() is not None
+    candidates = _search(fixed, moving, search_maps, cfg, texture_judges)
     stage_affines["search"] = candidates[0]
     lap("search")
 
-    inputs = _PairInputs(fixed, moving, fixed_labels, moving_labels, feature_fn, opt.num_labels, cfg.fibres)
     starts = _screen(candidates, inputs, cfg)
     stage_affines["prealign"] = starts[0]
     lap("prealign")
@@ -316,9 +317,10 @@ def _screen(candidates: list[torch.Tensor], inputs: _PairInputs, cfg: FideConfig
     coarse = inputs.working(opt.screen_size_px)
     quick = dataclasses.replace(opt, lncc_iterations=0, nmi_iterations=opt.screen_iterations, levels=1)
     starts = []
+    keypoints = fixed_keypoints(working, cfg.prealign) if cfg.runs("prealign") else None
     for affine in candidates:
         if cfg.runs("prealign"):
-            refined, _ = prealign_affine(working, affine, cfg.prealign)
+            refined, _ = prealign_affine(working, affine, cfg.prealign, keypoints)
             if _working_nmi(nmi_loss, working, refined) >= _working_nmi(nmi_loss, working, affine):
                 affine = refined  # keypoints are checked against the search, never trusted blindly
         starts.append(affine)
@@ -340,10 +342,20 @@ def _search(
     moving: PreparedImage,
     search_maps: list[tuple[torch.Tensor, torch.Tensor]],
     cfg: FideConfig,
+    texture_judges: bool,
 ) -> list[torch.Tensor]:
-    """Global search candidates (full-resolution affines), best first; ``search_maps`` as in ``search_similarity``."""
+    """Global search candidates (full-resolution affines), best first; ``search_maps`` and ``texture_judges`` as in
+    ``search_similarity``."""
     centres = (_centroid(fixed.tissue), _centroid(moving.tissue))
-    candidates = search_similarity(fixed.colour, moving.colour, centres, cfg.search, cfg.seed, intensities=search_maps)
+    candidates = search_similarity(
+        fixed.colour,
+        moving.colour,
+        centres,
+        cfg.search,
+        cfg.seed,
+        intensities=search_maps,
+        texture_judges=texture_judges,
+    )
     for c in candidates:
         logger.debug("search candidate: %.1f°, scale %.3f, MI %.4f", c.angle_deg, c.scale, c.score)
     return [c.affine for c in candidates]

@@ -111,3 +111,20 @@ def test_full_resolution_polish_runs_on_a_confident_pose_and_keeps_it_right(task
     assert float(error.norm(dim=1).mean()) < 2.0
     off = config_from_dict({"fibres": {"polish_iterations": 0}})
     assert "polish" not in register_pair(fixed, moving, off).stage_affines
+
+
+def test_search_is_told_when_the_fibre_texture_will_judge_the_pose(task, monkeypatch):
+    """search.label_search "auto" leaves the label MI to pairs the fibre texture cannot judge after the affine."""
+    import fide.pipeline as pipeline
+
+    told = []
+    original = pipeline.search_similarity
+    monkeypatch.setattr(
+        pipeline, "search_similarity", lambda *a, **k: told.append(k["texture_judges"]) or original(*a, **k)
+    )
+    pair = load_dataset(task).split("val")[0]
+    fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+    register_pair(fixed, moving, FideConfig(stages="affine"))  # SHG/H&E with collagen patches
+    register_pair(fixed, moving, FideConfig(stages="prealign"))  # no stage after the search would judge it
+    register_pair(fixed, moving, config_from_dict({"fibres": {"enabled": False}, "stages": "affine"}))
+    assert told == [True, False, False]

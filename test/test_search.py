@@ -119,7 +119,8 @@ def test_search_within_a_known_rotation_range(pair128):
 
 
 def test_label_criterion_runs_only_where_the_correlation_criteria_disagree(pair128, monkeypatch):
-    """label_search="auto": two criteria agreeing on the best pose skip the label MI; a disagreeing one does not."""
+    """label_search "disagree" / "auto": two criteria agreeing on the best pose skip the label MI, a disagreeing one
+    does not; "auto" also skips it where the fibre texture judges the pose later, unless a lone correlation is left."""
     import fide.prealign.search as search
 
     shg, bf = pair128
@@ -133,15 +134,22 @@ def test_label_criterion_runs_only_where_the_correlation_criteria_disagree(pair1
     original = search._label_level
     monkeypatch.setattr(search, "_label_level", lambda *a, **k: label_levels.append(1) or original(*a, **k))
 
-    def run(maps, mode):
+    def run(maps, mode, texture_judges=False):
         label_levels.clear()
         cfg = SearchConfig(size_px=64, refine_size_px=128, scale_min=0.8, scale_max=1.25, top_k=2, label_search=mode)
-        search_similarity(prepared_fixed.colour, prepared_moving.colour, centres, cfg, intensities=maps)
+        search_similarity(
+            prepared_fixed.colour, prepared_moving.colour, centres, cfg, intensities=maps, texture_judges=texture_judges
+        )
         return bool(label_levels)
 
-    assert not run([right, right], "auto")
+    for mode in ("auto", "disagree"):
+        assert not run([right, right], mode)
+        assert run([right, wrong], mode)
+        assert run([right], mode)  # a single correlation criterion has nothing to agree with
     assert run([right, right], "always")
-    assert run([right, wrong], "auto")
-    assert run([right], "auto")  # a single correlation criterion has nothing to agree with
+    assert not run([right, wrong], "auto", texture_judges=True)
+    assert run([right, wrong], "disagree", texture_judges=True)
+    assert run([right, wrong], "always", texture_judges=True)
+    assert run([right], "auto", texture_judges=True)
     with pytest.raises(ValueError, match="label_search"):
         SearchConfig(label_search="sometimes")

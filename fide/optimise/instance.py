@@ -168,28 +168,41 @@ def _optimise_starts(
     fidelity = levels.fidelity.expand(batch, -1, -1, -1)
     best_nmi = torch.full((batch,), -1.0)
     best_affine = init.detach().cpu().clone()
+
+    def level_nmi(edited: torch.Tensor, k: int) -> torch.Tensor:
+        u = levels.disp(edited, k)
+        moving_labels = batched(levels.moving_lab, k)
+        overlap = geometry.overlap_mask(moving_labels, u)
+        return nmi_loss.nmi(batched(levels.fixed_lab, k), _warp_labels(moving_labels, u), overlap)
+
+    def keep_best(current: torch.Tensor, edited: torch.Tensor) -> None:
+        """Each start's best field so far by working-level NMI (the paper's selection)."""
+        nonlocal best_nmi
+        improved = current.detach().cpu() > best_nmi
+        if bool(improved.any()):
+            best_nmi = torch.where(improved, current.detach().cpu(), best_nmi)
+            with torch.no_grad():
+                best_affine[improved] = geometry.fit_affine(edited, fidelity).cpu()[improved]
+
     total = cfg.lncc_iterations + cfg.nmi_iterations
     for step in range(total + 1):
         edited = edit_displacement(disp, fidelity, cfg.alpha)
-        with torch.no_grad():  # keep each start's best field so far by working-level NMI (the paper's selection)
-            current = label_nmi(nmi_loss, levels.fixed_lab[0], levels.moving_lab[0], edited).cpu()
-            improved = current > best_nmi
-            if bool(improved.any()):
-                best_nmi = torch.where(improved, current, best_nmi)
-                best_affine[improved] = geometry.fit_affine(edited, fidelity).cpu()[improved]
         if step == total:
+            with torch.no_grad():
+                keep_best(level_nmi(edited, 0), edited)
             break
-        loss = edited.new_zeros(())
-        for k, weight in enumerate(levels.weights):
-            u = levels.disp(edited, k)
-            if step < cfg.lncc_iterations:
-                warped = geometry.warp(batched(levels.moving_feat, k), u, padding_mode="border")
-                loss = loss + weight * levels.lncc[k](warped)
-            else:
-                moving_labels = batched(levels.moving_lab, k)
-                overlap = geometry.overlap_mask(moving_labels, u)
-                fixed_labels = batched(levels.fixed_lab, k)
-                loss = loss + weight * nmi_loss(fixed_labels, _warp_labels(moving_labels, u), overlap)
+        if step < cfg.lncc_iterations:
+            with torch.no_grad():
+                keep_best(level_nmi(edited, 0), edited)
+            warped = [
+                geometry.warp(batched(levels.moving_feat, k), levels.disp(edited, k), padding_mode="border")
+                for k in range(len(levels.weights))
+            ]
+            loss = sum(w * lncc(m) for w, lncc, m in zip(levels.weights, levels.lncc, warped))
+        else:  # the finest level's NMI term is the selection's NMI: computed once
+            nmis = [level_nmi(edited, k) for k in range(len(levels.weights))]
+            keep_best(nmis[0], edited)
+            loss = sum(w * (1 - nmi).mean() for w, nmi in zip(levels.weights, nmis))
         optimiser.zero_grad()
         (loss * batch).backward()  # both losses average over the batch: undo it so each start sees its own gradient
         optimiser.step()

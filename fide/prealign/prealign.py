@@ -13,7 +13,7 @@ from fide.optimise.instance import WorkingPair
 from .keypoints import describe, detect_keypoints, match_mutual
 from .ransac import ransac_affine
 
-__all__ = ["prealign_affine"]
+__all__ = ["prealign_affine", "fixed_keypoints"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,18 @@ logger = logging.getLogger(__name__)
 _REFERENCE_SIZE_PX = 832
 
 
-def prealign_affine(pair: WorkingPair, init_affine: torch.Tensor, cfg: PrealignConfig) -> tuple[torch.Tensor, int]:
+def fixed_keypoints(pair: WorkingPair, cfg: PrealignConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed image's keypoints (N, 2) and descriptors (N, D), the same for every start of one pair."""
+    points = detect_keypoints(pair.fixed_intensity, pair.fidelity > 0.5, cfg.num_keypoints, cfg.nms_radius_px)
+    return points, describe(pair.fixed_features, points)
+
+
+def prealign_affine(
+    pair: WorkingPair,
+    init_affine: torch.Tensor,
+    cfg: PrealignConfig,
+    fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, int]:
     """Refine a global-search similarity into an affine from keypoint matches.
 
     The moving features are pre-warped by ``init_affine`` so both keypoint sets live in the fixed frame; matches must
@@ -31,20 +42,21 @@ def prealign_affine(pair: WorkingPair, init_affine: torch.Tensor, cfg: PrealignC
         pair: features, intensities and masks at the working resolution.
         init_affine: (3, 3) full-resolution affine from the global search, fixed to moving.
         cfg: keypoint, matching and RANSAC settings.
+        fixed: :func:`fixed_keypoints` of ``pair`` (computed here when None; pass them to refine several starts).
 
     Returns:
         (3, 3) full-resolution affine and the inlier count; ``init_affine`` itself when inliers < ``cfg.min_inliers``.
     """
+    fixed_points, fixed_desc = fixed if fixed is not None else fixed_keypoints(pair, cfg)
     working = geometry.rescale_affine(init_affine, pair.fixed_factors, pair.moving_factors)[None]
     disp = geometry.affine_to_disp(working.to(pair.fixed_features), pair.shape)
     warped_features = geometry.warp(pair.moving_features, disp, padding_mode="border")
     warped_intensity = geometry.warp(pair.moving_intensity, disp)
     inside = geometry.overlap_mask(pair.moving_intensity, disp) > 0.5
-    fixed_points = detect_keypoints(pair.fixed_intensity, pair.fidelity > 0.5, cfg.num_keypoints, cfg.nms_radius_px)
     moving_points = detect_keypoints(warped_intensity, inside, cfg.num_keypoints, cfg.nms_radius_px)
     fixed_index, moving_index = match_mutual(
         fixed_points,
-        describe(pair.fixed_features, fixed_points),
+        fixed_desc,
         moving_points,
         describe(warped_features, moving_points),
         cfg.search_radius_px,

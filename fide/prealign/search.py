@@ -282,14 +282,16 @@ def search_similarity(
     cfg: SearchConfig,
     seed: int = 0,
     intensities: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+    texture_judges: bool = False,
 ) -> list[Candidate]:
     """Stage-2 entry: exhaustive rotation/scale/mirror search with all translations scored at once.
 
     Several criteria propose candidates: the correlation of each given pair of comparable channels (learned
     representations, log-SHG density vs eosin), which works where SHG is too sparse for labels, and MI of k-means
     labels (any intensity relation). Their candidates are interleaved, best first, in the order given (the
-    correlation criteria first), near-duplicates dropped. With ``cfg.label_search == "auto"`` the label MI (the
-    costliest criterion) is skipped where the first two correlation criteria already agree on their best pose.
+    correlation criteria first), near-duplicates dropped. The label MI (the costliest criterion) runs with
+    ``cfg.label_search`` "always"; with "disagree" only where the first two correlation criteria disagree on their
+    best pose; with "auto" only there and where ``texture_judges`` is off.
 
     Args:
         fixed_colour: (1, C, H, W) fixed channels for label maps (log-SHG or RGB in [0, 1]), full resolution.
@@ -298,6 +300,7 @@ def search_similarity(
         cfg: search settings.
         seed: k-means seed.
         intensities: pairs of (1, 1, H, W) fixed and (1, 1, Hm, Wm) moving comparable channels in [0, 1].
+        texture_judges: whether a later stage checks the pose on other grounds (the fibre texture of SHG/H&E).
 
     Returns:
         Up to ``(len(intensities) + 1) * cfg.top_k`` distinct candidates, refined at ``cfg.refine_size_px``.
@@ -311,7 +314,7 @@ def search_similarity(
         )
         for fixed_map, moving_map in intensities
     ]
-    if cfg.label_search == "always" or not _best_poses_agree(proposals, fixed_colour.shape[-2:], cfg.agree_px):
+    if _wants_label_search(cfg.label_search, texture_judges, proposals, fixed_colour.shape[-2:], cfg.agree_px):
         proposals.append(
             _coarse_candidates(
                 _label_level(fixed_colour, moving_colour, cfg.size_px, cfg.num_labels, seed),
@@ -326,6 +329,16 @@ def search_similarity(
             if rank < len(candidates) and not any(_same(candidates[rank], c) for c in merged):
                 merged.append(candidates[rank])
     return merged
+
+
+def _wants_label_search(
+    mode: str, texture_judges: bool, proposals: list[list[Candidate]], shape: Sequence[int], tolerance: float
+) -> bool:
+    if mode == "always":
+        return True
+    if mode == "auto" and texture_judges and len(proposals) >= 2:  # a lone correlation has nothing to agree with
+        return False
+    return not _best_poses_agree(proposals, shape, tolerance)
 
 
 def _best_poses_agree(proposals: list[list[Candidate]], shape: Sequence[int], tolerance: float) -> bool:
