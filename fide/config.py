@@ -138,7 +138,7 @@ class FibreConfig:
     # synthetic centre patches), where wrong poses then win: a 6° grid missed one whose true angle was 2.6° off
     angle_step_deg: float = 4.0
     # fide: the grid searches unmirrored poses at these scales first (same pixel size: the usual pair) and stops
-    # when one is confirmed; the other scales, then mirrored poses, only if not
+    # when one is confirmed; mirrored poses at these scales, then the other scales, only if not
     likely_scales: tuple[float, float] = (0.9, 1.1)
     # fide: distinct poses of each grid shell and vote that are checked (each ~0.06 s, and ~0.5 s more for a pose the
     # patches confirm); on dense synthetic centre patches the true pose ranked 2nd or 3rd, a few hundredths of a
