@@ -126,10 +126,11 @@ class MovingSpectra:
 
     def __init__(self, moving_band: torch.Tensor, box: int) -> None:
         size = moving_band.shape[-2:]
-        self.size, self.box = tuple(size), box
         self.canvas = (_smooth_fft_size(size[0] + box), _smooth_fft_size(size[1] + box))
+        # templates take all the room the FFT size leaves (zeros beyond the patch): later poses a little larger fit
+        self.size, self.box = tuple(size), min(c - n for c, n in zip(self.canvas, size))
         # the image sits box // 2 in from the canvas corner, so correlation index = template centre position
-        half = box // 2
+        half = self.box // 2
         self.moving = F.pad(
             moving_band[0, 0], (half, self.canvas[1] - size[1] - half, half, self.canvas[0] - size[0] - half)
         )
@@ -137,7 +138,7 @@ class MovingSpectra:
         squared = moving_band[0, 0] ** 2
         # background (band-passed white) has no energy: a floor keeps templates there from scoring by division
         self._floor = 0.5 * float(squared[squared > 1e-8].mean()) if bool((squared > 1e-8).any()) else 1e-6
-        self.offsets = geometry.identity_grid((box, box), like=self.moving) - half  # (2, box, box): u = q - centre
+        self.offsets = geometry.identity_grid((self.box,) * 2, like=self.moving) - half  # (2, box, box): u = q - centre
         self._rms: dict[float, torch.Tensor] = {}
 
     def fits(self, size: Sequence[int], box: int) -> bool:
@@ -242,6 +243,7 @@ def locate_patches(
     affine: torch.Tensor,
     window_px: int,
     min_ncc: float = 0.1,
+    spectra: MovingSpectra | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each patch's own best position near where ``affine`` puts it (its linear part orients the templates).
 
@@ -251,12 +253,15 @@ def locate_patches(
         affine: (3, 3) rough pose, fixed to moving, on these grids.
         window_px: each patch searches this far (Chebyshev distance) from where ``affine`` puts its centre.
         min_ncc: patches peaking lower are left out.
+        spectra: the moving band's FFTs from an earlier call (rebuilt when None or too small).
 
     Returns:
         Fixed centres (P, 2), their moving positions (P, 2) and peak NCCs (P,) of the patches kept.
     """
     linear = affine[:2, :2][None]
-    spectra = MovingSpectra(moving_band, box_px(patches, linear))
+    box = box_px(patches, linear)
+    spectra = spectra if spectra is not None and spectra.fits(moving_band.shape[-2:], box) else None
+    spectra = spectra or MovingSpectra(moving_band, box)
     grid = geometry.identity_grid(spectra.size, like=moving_band)
     centres, positions, peaks = [], [], []
     for patch in patches:

@@ -9,14 +9,14 @@ search's last fits (:mod:`fide.prealign.fibres`). Affines are in pixels, fixed t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from fide import geometry
 from fide.config import REFERENCE_SIDE_PX, FibreConfig
-from fide.prealign.fibre_match import Patch, band_pass, collagen_patches
+from fide.prealign.fibre_match import MovingSpectra, Patch, band_pass, box_px, collagen_patches
 
 __all__ = ["FibreTexture", "PatchPixels", "TextureLevel", "refine_on_patches", "texture_level", "texture_score"]
 
@@ -30,6 +30,15 @@ class TextureLevel:
     patches: list[Patch]
     to_level: tuple[tuple[float, float], tuple[float, float]]
     length: float  # pixels of this grid per pixel of an 834 px image: FibreConfig lengths times this
+    _spectra: list[MovingSpectra] = field(default_factory=list, repr=False)
+
+    def spectra(self, linear: torch.Tensor) -> MovingSpectra:
+        """The moving band's FFTs with room for the patches under the linear maps (B, 2, 2), kept for later poses
+        (the poses one search checks mostly fit the canvas of the first: two FFTs less per check)."""
+        box = box_px(self.patches, linear)
+        if not self._spectra or not self._spectra[0].fits(self.moving_band.shape[-2:], box):
+            self._spectra[:] = [MovingSpectra(self.moving_band, box)]
+        return self._spectra[0]
 
     def down(self, affine: torch.Tensor) -> torch.Tensor:
         return geometry.rescale_affine(affine, *self.to_level)

@@ -112,8 +112,14 @@ def _confirm(fine: TextureLevel, affine: torch.Tensor, cfg: FibreConfig, seed: i
     count = 0
     for window in (cfg.locate_window_px, cfg.locate_window_px / 3):
         window_px = max(2, round(window * fine.length))
+        level_affine = fine.down(affine)
         centres, positions, _ = locate_patches(
-            fine.fixed_band, fine.moving_band, fine.patches, fine.down(affine), window_px
+            fine.fixed_band,
+            fine.moving_band,
+            fine.patches,
+            level_affine,
+            window_px,
+            spectra=fine.spectra(level_affine[None, :2, :2]),
         )
         threshold_px = cfg.ransac_threshold_px * fine.length
         fitted, inliers = ransac_affine(
