@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fide import geometry
-from fide.optimise.editing import edit_displacement
+from fide.optimise.editing import edit_displacement, edit_with_affine
 
 
 def test_alpha_one_returns_exact_fidelity_affine():
@@ -47,3 +47,14 @@ def test_editing_is_differentiable():
 def test_alpha_out_of_range():
     with pytest.raises(ValueError, match="alpha must be in"):
         edit_displacement(torch.zeros(1, 2, 4, 4), torch.ones(1, 1, 4, 4), 1.5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_the_returned_affine_is_the_edited_fields_own_fidelity_affine(alpha):
+    """The optimisation keeps its best fields as this affine instead of fitting the edited field again."""
+    generator = torch.Generator().manual_seed(1)
+    disp = torch.randn(2, 2, 16, 12, generator=generator) * 3
+    fidelity = (torch.rand(2, 1, 16, 12, generator=generator) > 0.4).float()
+    edited, affine = edit_with_affine(disp, fidelity, alpha)
+    assert torch.equal(edited, edit_displacement(disp, fidelity, alpha))
+    assert torch.allclose(affine, geometry.fit_affine(edited, fidelity), atol=1e-4)

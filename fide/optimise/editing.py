@@ -6,7 +6,7 @@ import torch
 
 from fide import geometry
 
-__all__ = ["edit_displacement"]
+__all__ = ["edit_displacement", "edit_with_affine"]
 
 
 def edit_displacement(disp: torch.Tensor, fidelity: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -23,10 +23,17 @@ def edit_displacement(disp: torch.Tensor, fidelity: torch.Tensor, alpha: float) 
     Returns:
         (B, 2, H, W) edited displacement.
     """
+    return edit_with_affine(disp, fidelity, alpha)[0]
+
+
+def edit_with_affine(disp: torch.Tensor, fidelity: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`edit_displacement` and its fidelity affine A(u) (B, 3, 3), which is also the fidelity affine of the
+    edited field (a least-squares fit reproduces an affine field, and the fit is linear): no second fit needed.
+    ``alpha = 0`` returns ``disp`` itself and the affine fitted all the same."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if alpha == 0.0:
-        return disp
     affine = geometry.fit_affine(disp, fidelity)
+    if alpha == 0.0:
+        return disp, affine
     projected = geometry.affine_to_disp(affine, disp.shape[2:])
-    return projected if alpha == 1.0 else (1 - alpha) * disp + alpha * projected
+    return (projected if alpha == 1.0 else (1 - alpha) * disp + alpha * projected), affine

@@ -16,7 +16,7 @@ from fide import geometry
 from fide.config import OptimiseConfig
 from fide.preprocess import PreparedImage
 
-from .editing import edit_displacement
+from .editing import edit_with_affine
 from .losses import FixedImageLNCC, LabelNMILoss
 
 __all__ = ["WorkingPair", "make_working_pair", "optimise_affine", "label_nmi"]
@@ -175,25 +175,24 @@ def _optimise_starts(
         overlap = geometry.overlap_mask(moving_labels, u)
         return nmi_loss.nmi(batched(levels.fixed_lab, k), _warp_labels(moving_labels, u), overlap)
 
-    def keep_best(current: torch.Tensor, edited: torch.Tensor) -> None:
-        """Each start's best field so far by working-level NMI (the paper's selection)."""
+    def keep_best(current: torch.Tensor, affine: torch.Tensor) -> None:
+        """Each start's best field so far by working-level NMI (the paper's selection), kept as its affine."""
         nonlocal best_nmi
         improved = current.detach().cpu() > best_nmi
         if bool(improved.any()):
             best_nmi = torch.where(improved, current.detach().cpu(), best_nmi)
-            with torch.no_grad():
-                best_affine[improved] = geometry.fit_affine(edited, fidelity).cpu()[improved]
+            best_affine[improved] = affine.detach().cpu()[improved]
 
     total = cfg.lncc_iterations + cfg.nmi_iterations
     for step in range(total + 1):
-        edited = edit_displacement(disp, fidelity, cfg.alpha)
+        edited, affine = edit_with_affine(disp, fidelity, cfg.alpha)
         if step == total:
             with torch.no_grad():
-                keep_best(level_nmi(edited, 0), edited)
+                keep_best(level_nmi(edited, 0), affine)
             break
         if step < cfg.lncc_iterations:
             with torch.no_grad():
-                keep_best(level_nmi(edited, 0), edited)
+                keep_best(level_nmi(edited, 0), affine)
             warped = [
                 geometry.warp(batched(levels.moving_feat, k), levels.disp(edited, k), padding_mode="border")
                 for k in range(len(levels.weights))
@@ -201,7 +200,7 @@ def _optimise_starts(
             loss = sum(w * lncc(m) for w, lncc, m in zip(levels.weights, levels.lncc, warped))
         else:  # the finest level's NMI term is the selection's NMI: computed once
             nmis = [level_nmi(edited, k) for k in range(len(levels.weights))]
-            keep_best(nmis[0], edited)
+            keep_best(nmis[0], affine)
             loss = sum(w * (1 - nmi).mean() for w, nmi in zip(levels.weights, nmis))
         optimiser.zero_grad()
         (loss * batch).backward()  # both losses average over the batch: undo it so each start sees its own gradient
