@@ -98,7 +98,7 @@ class SearchConfig:
     # "disagree" only where the correlation criteria's best poses disagree, and with "auto" only there and where no
     # fibre texture judges the pose after the optimisation (SHG/H&E with collagen patches: the fibre fallback is
     # that pair's safety net). On 110 development pairs "auto" against "disagree": the same 109 under 2 px, mean
-    # TRE within 0.08 px per regime, 0.9-1.2 s a patch pair less. Without learned features it always runs
+    # TRE within 0.08 px per regime, 0.9-2.2 s a patch pair less. Without learned features it always runs
     label_search: str = "auto"
     agree_px: float = 0.04  # "agree": the two best poses map every fixed corner within this fraction of its side
     refine_size_px: int = 128  # fide: second, finer level of the search around each candidate
