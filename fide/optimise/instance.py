@@ -186,22 +186,22 @@ def _optimise_starts(
     total = cfg.lncc_iterations + cfg.nmi_iterations
     for step in range(total + 1):
         edited, affine = edit_with_affine(disp, fidelity, cfg.alpha)
+        nmi_phase = cfg.lncc_iterations <= step < total
+        if not nmi_phase:  # in the NMI phase the loss's finest term is the selection's NMI: computed once, below
+            with torch.no_grad():
+                keep_best(level_nmi(edited, 0), affine)
         if step == total:
-            with torch.no_grad():
-                keep_best(level_nmi(edited, 0), affine)
             break
-        if step < cfg.lncc_iterations:
-            with torch.no_grad():
-                keep_best(level_nmi(edited, 0), affine)
+        if nmi_phase:
+            nmis = [level_nmi(edited, k) for k in range(len(levels.weights))]
+            keep_best(nmis[0], affine)
+            loss = sum(w * (1 - nmi).mean() for w, nmi in zip(levels.weights, nmis))
+        else:
             warped = [
                 geometry.warp(batched(levels.moving_feat, k), levels.disp(edited, k), padding_mode="border")
                 for k in range(len(levels.weights))
             ]
             loss = sum(w * lncc(m) for w, lncc, m in zip(levels.weights, levels.lncc, warped))
-        else:  # the finest level's NMI term is the selection's NMI: computed once
-            nmis = [level_nmi(edited, k) for k in range(len(levels.weights))]
-            keep_best(nmis[0], affine)
-            loss = sum(w * (1 - nmi).mean() for w, nmi in zip(levels.weights, nmis))
         optimiser.zero_grad()
         (loss * batch).backward()  # both losses average over the batch: undo it so each start sees its own gradient
         optimiser.step()

@@ -141,6 +141,13 @@ class MovingSpectra:
         self.offsets = geometry.identity_grid((self.box,) * 2, like=self.moving) - half  # (2, box, box): u = q - centre
         self._rms: dict[float, torch.Tensor] = {}
 
+    @classmethod
+    def reuse(cls, spectra: MovingSpectra | None, moving_band: torch.Tensor, box: int) -> MovingSpectra:
+        """``spectra`` where they serve ``moving_band`` with templates of ``box`` px, else new ones."""
+        if spectra is not None and spectra.fits(moving_band.shape[-2:], box):
+            return spectra
+        return cls(moving_band, box)
+
     def fits(self, size: Sequence[int], box: int) -> bool:
         """Whether templates of ``box`` px against a moving image of ``size`` can use these FFTs."""
         return self.size == tuple(size) and box <= self.box
@@ -216,7 +223,7 @@ def patch_consensus(
     areas = torch.stack([p.mask.sum() for p in patches])
     reference = (torch.stack([p.centre for p in patches]) * areas[:, None]).sum(0) / areas.sum()
     box = box_px(patches, linear)
-    spectra = spectra if spectra is not None and spectra.fits(size, box) else MovingSpectra(moving_band, box)
+    spectra = MovingSpectra.reuse(spectra, moving_band, box)
     aligned = torch.zeros(len(patches), len(linear), *size, device=moving_band.device)
     for patch, patch_votes in zip(patches, aligned):
         ncc = _dilate(_patch_ncc(fixed_band, patch, linear, spectra), pool_px)
@@ -259,9 +266,7 @@ def locate_patches(
         Fixed centres (P, 2), their moving positions (P, 2) and peak NCCs (P,) of the patches kept.
     """
     linear = affine[:2, :2][None]
-    box = box_px(patches, linear)
-    spectra = spectra if spectra is not None and spectra.fits(moving_band.shape[-2:], box) else None
-    spectra = spectra or MovingSpectra(moving_band, box)
+    spectra = MovingSpectra.reuse(spectra, moving_band, box_px(patches, linear))
     grid = geometry.identity_grid(spectra.size, like=moving_band)
     centres, positions, peaks = [], [], []
     for patch in patches:

@@ -35,10 +35,11 @@ class TextureLevel:
     def spectra(self, linear: torch.Tensor) -> MovingSpectra:
         """The moving band's FFTs with room for the patches under the linear maps (B, 2, 2), kept for later poses
         (the poses one search checks mostly fit the canvas of the first: two FFTs less per check)."""
-        box = box_px(self.patches, linear)
-        if not self._spectra or not self._spectra[0].fits(self.moving_band.shape[-2:], box):
-            self._spectra[:] = [MovingSpectra(self.moving_band, box)]
-        return self._spectra[0]
+        kept = MovingSpectra.reuse(
+            self._spectra[0] if self._spectra else None, self.moving_band, box_px(self.patches, linear)
+        )
+        self._spectra[:] = [kept]
+        return kept
 
     def down(self, affine: torch.Tensor) -> torch.Tensor:
         return geometry.rescale_affine(affine, *self.to_level)
