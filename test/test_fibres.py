@@ -1,5 +1,7 @@
 """The fibre fallback (fide/prealign/fibres.py) on a nearly empty SHG: a few textured patches, nothing else."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import FAST_CONFIG, SPARSE_SIZE, fibre_texture, similarity, sparse_fibre_config
@@ -147,3 +149,24 @@ def test_grid_candidates_come_from_every_vote_without_repeats(sparse_pair):
             assert not (same_linear and float((landed[i] - landed[j]).norm()) < 1e-3)
     with pytest.raises(ValueError, match="votes"):
         FibreConfig(votes=("max",))
+
+
+def test_texture_fits_run_only_where_they_can_still_matter(sparse_pair, monkeypatch):
+    """A pose already at the verify bar skips the fine-level fit; a wrong pose stops after it."""
+    fixed, moving, truth = sparse_pair
+    # the toy texture's wrong poses fit to ~0.2 (few patch pixels): a bar the true pose (0.93) still passes
+    cfg = dataclasses.replace(SMALL, verify_below=0.6)
+    fine = fibres.texture_level(fixed, moving, cfg.refine_size_px, cfg.band_px, cfg.refine_patches, cfg)
+    texture = fibres.FibreTexture(fixed, moving, cfg)
+    calls = []
+    fine_fit, full_fit = fibres.refine_on_patches, texture.refine
+    monkeypatch.setattr(fibres, "refine_on_patches", lambda *args: calls.append("fine") or fine_fit(*args))
+    monkeypatch.setattr(texture, "refine", lambda *args: calls.append("full") or full_fit(*args))
+    assert texture.score(truth) >= cfg.verify_below
+    _, score = fibres._fit_texture(fine, texture, truth, cfg)
+    assert calls == ["full"] and score >= texture.score(truth)
+    calls.clear()
+    wrong = truth @ similarity(70.0, 1.0, SIZE)
+    affine, score = fibres._fit_texture(fine, texture, wrong, cfg)
+    assert calls == ["fine"] and score < cfg.verify_below / 2
+    assert score == pytest.approx(texture.score(affine), abs=1e-6)  # the score of the pose returned
