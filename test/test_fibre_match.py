@@ -81,3 +81,41 @@ def test_locate_patches_finds_each_patch_near_a_rough_pose(bands):
 def test_median_of_patches_matches_torch(count):
     stack = torch.randn(count, 2, 5, 7, generator=torch.Generator().manual_seed(count))
     assert torch.equal(fibre_match._median(stack), stack.median(0).values)
+
+
+@pytest.mark.parametrize("box", [15, 31])
+def test_patch_ncc_is_the_direct_masked_correlation_at_every_centre_edges_included(box):
+    """The circular FFT correlation pads the moving image by half a box only: centres on the edges must still read
+    zeros beyond the image, never its far side."""
+    generator = torch.Generator().manual_seed(box)
+    fixed_band, moving_band = (
+        torch.randn(1, 1, 48, 48, generator=generator),
+        torch.randn(1, 1, 37, 44, generator=generator),
+    )
+    grid = geometry.identity_grid((48, 48))
+    mask = (((grid[0] - 20) ** 2 + (grid[1] - 22) ** 2) <= 36).float()
+    patch = fibre_match.Patch(mask, torch.tensor([20.0, 22.0]), 6.0)
+    spectra = fibre_match.MovingSpectra(moving_band, box)
+    assert spectra.box >= box and spectra.box % 2 == 1
+    assert all(c < n + box for c, n in zip(spectra.canvas, moving_band.shape[-2:]))  # less than linear padding
+    ncc = fibre_match._patch_ncc(fixed_band, patch, torch.eye(2)[None], spectra)[0]
+
+    offsets = torch.nonzero(mask) - torch.tensor([20, 22])  # the template's pixels (identity pose: no resampling)
+    values = fixed_band[0, 0][mask > 0]
+    template = (values - values.mean()) / (values - values.mean()).norm()
+    radius = round(math.sqrt(len(values) / math.pi))
+    disk = [
+        (di, dj)
+        for di in range(-radius, radius + 1)
+        for dj in range(-radius, radius + 1)
+        if di * di + dj * dj <= radius**2
+    ]
+    padded = torch.nn.functional.pad(moving_band[0, 0], (box, box, box, box))  # zeros beyond the image
+    squared = moving_band[0, 0] ** 2
+    floor = 0.5 * float(squared[squared > 1e-8].mean())
+    for i in range(moving_band.shape[-2]):
+        for j in range(moving_band.shape[-1]):
+            read = padded[offsets[:, 0] + i + box, offsets[:, 1] + j + box]
+            energy = sum(float(padded[i + box + di, j + box + dj] ** 2) for di, dj in disk) / len(disk)
+            direct = float(template @ read) / math.sqrt(len(values)) / math.sqrt(max(energy, floor))
+            assert ncc[i, j] == pytest.approx(direct, abs=1e-4), (i, j)

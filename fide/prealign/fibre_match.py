@@ -122,23 +122,27 @@ def _smooth_fft_size(n: int) -> int:
 
 
 class MovingSpectra:
-    """FFTs of the band-passed moving image (and its square) on a canvas with room for templates of ``box`` px."""
+    """FFTs of the band-passed moving image (and its square) on a canvas with room for templates of ``box`` px.
+
+    The correlations are circular: a template reaching ``box // 2`` from its centre reads the image's far side only
+    where its centre lies outside the image, so that much zero padding serves every centre inside it (linear
+    correlation would pad by the whole box: an 834 px pair's 417 px canvas 625 px instead of 512).
+    """
 
     def __init__(self, moving_band: torch.Tensor, box: int) -> None:
         size = moving_band.shape[-2:]
-        self.canvas = (_smooth_fft_size(size[0] + box), _smooth_fft_size(size[1] + box))
-        # templates take all the room the FFT size leaves (zeros beyond the patch): later poses a little larger fit
-        self.size, self.box = tuple(size), min(c - n for c, n in zip(self.canvas, size))
-        # the image sits box // 2 in from the canvas corner, so correlation index = template centre position
-        half = self.box // 2
-        self.moving = F.pad(
-            moving_band[0, 0], (half, self.canvas[1] - size[1] - half, half, self.canvas[0] - size[0] - half)
-        )
+        self.canvas = tuple(_smooth_fft_size(max(n + box // 2, box + 1)) for n in size)
+        # templates take all the room the FFT size leaves (zeros beyond the patch): later poses a little larger fit;
+        # an odd box centres the template on a pixel
+        room = min(c - n for c, n in zip(self.canvas, size))
+        self.size, self.box = tuple(size), min(2 * room + 1, min(self.canvas) - 1 + min(self.canvas) % 2)
+        self.moving = F.pad(moving_band[0, 0], (0, self.canvas[1] - size[1], 0, self.canvas[0] - size[0]))
         self.image, self._energy = torch.fft.rfft2(self.moving), torch.fft.rfft2(self.moving**2)
         squared = moving_band[0, 0] ** 2
         # background (band-passed white) has no energy: a floor keeps templates there from scoring by division
         self._floor = 0.5 * float(squared[squared > 1e-8].mean()) if bool((squared > 1e-8).any()) else 1e-6
-        self.offsets = geometry.identity_grid((self.box,) * 2, like=self.moving) - half  # (2, box, box): u = q - centre
+        self.half = self.box // 2
+        self.offsets = geometry.identity_grid((self.box,) * 2, like=self.moving) - self.half  # (2, box, box): u
         self._rms: dict[float, torch.Tensor] = {}
 
     @classmethod
@@ -153,14 +157,15 @@ class MovingSpectra:
         return self.size == tuple(size) and box <= self.box
 
     def local_rms(self, radius: float) -> torch.Tensor:
-        """RMS of the moving image under a disk of ``radius`` whose box starts at each canvas pixel; memoised.
+        """(canvas) RMS of the moving image under a disk of ``radius`` centred at each pixel; memoised.
 
         A disk of the template's area stands in for its rotated mask: one map per template size, not per pose.
         """
         if radius not in self._rms:
             disk = ((self.offsets**2).sum(0) <= radius * radius).float()
             spectrum = torch.fft.rfft2(disk, s=self.canvas).conj() * self._energy
-            local = torch.fft.irfft2(spectrum, s=self.canvas) / disk.sum()
+            # the correlation puts the disk's box corner at each pixel: roll its centre there
+            local = torch.fft.irfft2(spectrum, s=self.canvas).roll((self.half, self.half), (0, 1)) / disk.sum()
             self._rms[radius] = local.clamp(min=self._floor).sqrt()
         return self._rms[radius]
 
@@ -179,12 +184,12 @@ def _patch_ncc(fixed_band: torch.Tensor, patch: Patch, linear: torch.Tensor, spe
     template = (template - (template * mask).sum((1, 2), keepdim=True) / count) * mask
     template = template / template.norm(dim=(1, 2), keepdim=True).clamp(min=1e-8)
     # correlation as a convolution with the template flipped in its box (a product with a conjugate spectrum
-    # materialises it, ~6 % of the grid): the result for centre position n sits at n + box - 1; only the rows
-    # kept are transformed along the second axis (pruned inverse FFT, ~30 % of it)
-    box = template.shape[-1]
+    # materialises it, ~6 % of the grid): the result for centre position n sits at n + half; only the rows kept are
+    # transformed along the second axis (pruned inverse FFT, ~30 % of it)
+    half = spectra.half
     spectrum = torch.fft.rfft2(template.flip(-2, -1), s=spectra.canvas) * spectra.image
-    rows = torch.fft.ifft(spectrum, dim=-2)[:, box - 1 : box - 1 + size[0]]
-    ncc = torch.fft.irfft(rows, n=spectra.canvas[1], dim=-1)[:, :, box - 1 : box - 1 + size[1]] / count.sqrt()
+    rows = torch.fft.ifft(spectrum, dim=-2)[:, half : half + size[0]]
+    ncc = torch.fft.irfft(rows, n=spectra.canvas[1], dim=-1)[:, :, half : half + size[1]] / count.sqrt()
     radius = torch.round(torch.sqrt(count[:, 0, 0] / math.pi))
     for r in torch.unique(radius).tolist():
         ncc[radius == r] /= spectra.local_rms(r)[: size[0], : size[1]]
