@@ -178,9 +178,10 @@ def _optimise_starts(
     def keep_best(current: torch.Tensor, affine: torch.Tensor) -> None:
         """Each start's best field so far by working-level NMI (the paper's selection), kept as its affine."""
         nonlocal best_nmi
-        improved = current.detach().cpu() > best_nmi
+        current = current.detach().cpu()
+        improved = current > best_nmi
         if bool(improved.any()):
-            best_nmi = torch.where(improved, current.detach().cpu(), best_nmi)
+            best_nmi = torch.where(improved, current, best_nmi)
             best_affine[improved] = affine.detach().cpu()[improved]
 
     total = cfg.lncc_iterations + cfg.nmi_iterations

@@ -30,16 +30,13 @@ class TextureLevel:
     patches: list[Patch]
     to_level: tuple[tuple[float, float], tuple[float, float]]
     length: float  # pixels of this grid per pixel of an 834 px image: FibreConfig lengths times this
-    _spectra: list[MovingSpectra] = field(default_factory=list, repr=False)
+    _spectra: MovingSpectra | None = field(default=None, repr=False)
 
     def spectra(self, linear: torch.Tensor) -> MovingSpectra:
         """The moving band's FFTs with room for the patches under the linear maps (B, 2, 2), kept for later poses
         (the poses one search checks mostly fit the canvas of the first: two FFTs less per check)."""
-        kept = MovingSpectra.reuse(
-            self._spectra[0] if self._spectra else None, self.moving_band, box_px(self.patches, linear)
-        )
-        self._spectra[:] = [kept]
-        return kept
+        self._spectra = MovingSpectra.reuse(self._spectra, self.moving_band, box_px(self.patches, linear))
+        return self._spectra
 
     def down(self, affine: torch.Tensor) -> torch.Tensor:
         return geometry.rescale_affine(affine, *self.to_level)
