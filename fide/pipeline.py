@@ -93,7 +93,7 @@ class _PairInputs:
     num_labels: int
     fibres: FibreConfig
     _working: dict[int, WorkingPair] = field(default_factory=dict, repr=False)
-    _texture: list[FibreTexture] = field(default_factory=list, repr=False)
+    _texture: FibreTexture | None = field(default=None, repr=False)
 
     @property
     def shg_and_he(self) -> bool:
@@ -104,9 +104,9 @@ class _PairInputs:
         """The full-resolution fibre texture (built once), or None where it cannot judge the pair."""
         if not (self.fibres.enabled and self.shg_and_he):
             return None
-        if not self._texture:
-            self._texture.append(FibreTexture(self.fixed.intensity, self.moving.intensity, self.fibres))
-        return self._texture[0] if self._texture[0].has_patches else None
+        if self._texture is None:
+            self._texture = FibreTexture(self.fixed.intensity, self.moving.intensity, self.fibres)
+        return self._texture if self._texture.has_patches else None
 
     def working(self, size_px: int) -> WorkingPair:
         """The pair at ``size_px``, built once (pre-alignment and optimisation share the 256 px one)."""

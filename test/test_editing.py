@@ -58,3 +58,13 @@ def test_the_returned_affine_is_the_edited_fields_own_fidelity_affine(alpha):
     edited, affine = edit_with_affine(disp, fidelity, alpha)
     assert torch.equal(edited, edit_displacement(disp, fidelity, alpha))
     assert torch.allclose(affine, geometry.fit_affine(edited, fidelity), atol=1e-4)
+
+
+def test_a_prebuilt_affine_fit_of_the_mask_edits_as_the_mask_itself():
+    """The optimisation builds the fidelity mask's AffineFit once for every start and step."""
+    generator = torch.Generator().manual_seed(2)
+    disp = torch.randn(3, 2, 16, 12, generator=generator) * 3
+    fidelity = (torch.rand(1, 1, 16, 12, generator=generator) > 0.4).float()
+    edited, affine = edit_with_affine(disp, geometry.AffineFit(fidelity), 1.0)
+    expected, expected_affine = edit_with_affine(disp, fidelity.expand(3, -1, -1, -1), 1.0)
+    assert torch.allclose(edited, expected, atol=1e-4) and torch.allclose(affine, expected_affine, atol=1e-5)

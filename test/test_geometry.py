@@ -20,6 +20,32 @@ def test_identity_grid_is_array_order():
     assert grid[0, 2, 4] == 2 and grid[1, 2, 4] == 4
 
 
+def test_shared_grids_equal_fresh_ones_per_shape_dtype_and_size():
+    for shape, dtype in [((3, 5), torch.float32), ((3, 5), torch.float64), ((5, 3), torch.float32)]:
+        like = torch.zeros((), dtype=dtype)
+        shared = geometry._grid(shape, like)
+        assert shared.dtype == dtype and torch.equal(shared, geometry.identity_grid(shape, like=like))
+        assert geometry._grid(shape, like) is shared  # built once
+    big = (geometry._CACHED_GRID_PIXELS // 2 + 1, 2)
+    assert geometry._grid(big, torch.zeros(())) is not geometry._grid(big, torch.zeros(()))  # too big to keep
+
+
+def test_overlap_mask_is_where_a_warped_image_of_ones_stays_above_0_99():
+    """The mask is computed without sampling; it must equal bilinear sampling of ones, edges and corners included."""
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(7, 12), (30, 9), (2, 5)]:
+        disp = (torch.rand(2, 2, 25, 21, generator=generator) - 0.5) * 3 * max(height, width)
+        # rows 0-4 of the first field map 0, 0.005, 0.02, 0.5 and 1.5 px above the moving image, columns inside it
+        disp[0, 0, :5, :5] = -geometry.identity_grid((5, 5))[0] - torch.tensor([0.0, 0.005, 0.02, 0.5, 1.5]).view(5, 1)
+        disp[0, 1, :5, :5] = 0.0
+        ones = torch.ones(2, 1, height, width)
+        expected = (geometry.warp(ones, disp) > 0.99).float()
+        mask = geometry.overlap_mask(torch.zeros(1, 3, height, width), disp)
+        assert mask.shape == (2, 1, 25, 21) and torch.equal(mask, expected)
+        assert 0 < float(mask.mean()) < 1
+    assert mask[0, 0, 1, 0] == 1 and mask[0, 0, 2, 0] == 0  # 0.005 px beyond the edge is inside, 0.02 px is not
+
+
 def test_warp_constant_shift_samples_at_p_plus_u():
     image = _ramp()
     disp = torch.zeros(1, 2, 20, 30)
@@ -59,6 +85,24 @@ def test_fit_affine_recovers_affine_and_respects_weights():
     weight = torch.zeros(1, 1, 40, 60)
     weight[..., :30] = 1
     assert torch.allclose(geometry.fit_affine(corrupted, weight), affine, atol=1e-3)
+
+
+def test_one_affine_fit_serves_a_batch_of_fields_and_passes_gradients():
+    """AffineFit solves one mask's normal equations once; each field's affine must equal its own weighted fit."""
+    generator = torch.Generator().manual_seed(3)
+    affines = torch.eye(3).repeat(3, 1, 1)
+    affines[:, :2] += torch.randn(3, 2, 3, generator=generator) * torch.tensor([0.1, 0.1, 5.0])
+    weight = (torch.rand(1, 1, 30, 44, generator=generator) > 0.5).float()
+    disp = geometry.affine_to_disp(affines, (30, 44)) + torch.randn(3, 2, 30, 44, generator=generator) * 0.1
+    disp[:, :, weight[0, 0] == 0] += 40.0  # outside the mask: must not count
+    fit = geometry.AffineFit(weight)
+    fitted = fit(disp.requires_grad_(True))
+    assert torch.allclose(fitted, geometry.fit_affine(disp, weight.expand(3, -1, -1, -1)), atol=1e-4)
+    assert torch.allclose(fitted, affines, atol=0.05)
+    fitted[:, :2, 2].sum().backward()
+    assert float(disp.grad[:, :, weight[0, 0] == 0].abs().max()) == 0 and float(disp.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="does not match"):
+        fit(torch.zeros(3, 2, 30, 40))
 
 
 def test_compose_equals_sequential_warping():

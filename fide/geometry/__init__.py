@@ -14,6 +14,7 @@ Conventions (every other module relies on them, none re-derives them):
 * **Resizing.** An image resized from n to m pixels along an axis (``align_corners=True``) maps pixel ``p`` to
   ``p * (m - 1) / (n - 1)``; :func:`resize_disp` and :func:`rescale_affine` apply that factor to vectors. Pyramid
   levels and block means put pixel centres at ``(p + 0.5) * m / n - 0.5`` instead (:func:`resize_matrix`, "area").
+  The resizes live in :mod:`fide.geometry.resampling` and are re-exported here.
 * **Physical space (ITK).** Array axis k is ITK index k (x = column for TIFF/PNG, nibabel i for NIfTI), so a
   point ``(i, j)`` in array order is an ITK continuous index. Physical point = ``origin + D @ diag(spacing) @ index``
   (:func:`index_to_physical`); a pixel affine ``A`` becomes the physical ``P_moving @ A @ P_fixed^-1``
@@ -23,6 +24,7 @@ Conventions (every other module relies on them, none re-derives them):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -34,11 +36,13 @@ from fide.geometry.physical import (
     physical_to_pixel_affine,
     pixel_to_physical_affine,
 )
+from fide.geometry.resampling import downsample, rescale_affine, resize_image, resize_matrix, scale_factors
 
 __all__ = [
     "identity_grid",
     "affine_to_disp",
     "fit_affine",
+    "AffineFit",
     "compose",
     "overlap_mask",
     "compose_affine",
@@ -83,6 +87,24 @@ def identity_grid(shape: Sequence[int], *, like: torch.Tensor | None = None) -> 
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
+# grids up to this many pixels are built once per (shape, device, dtype) for this module's own use: the optimisation
+# loops ask for the same few grids hundreds of times a pair; larger ones are rebuilt (memory of big images)
+_CACHED_GRID_PIXELS = 1 << 20
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_grid(shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return identity_grid(shape, like=torch.empty(0, device=device, dtype=dtype))
+
+
+def _grid(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """:func:`identity_grid`, shared between calls: never modify it in place."""
+    shape = tuple(int(n) for n in shape)
+    if shape[0] * shape[1] > _CACHED_GRID_PIXELS:
+        return identity_grid(shape, like=like)
+    return _cached_grid(shape, like.device, like.dtype)
+
+
 def affine_to_disp(affine: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Dense displacement of an affine on a fixed grid.
 
@@ -93,47 +115,64 @@ def affine_to_disp(affine: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     Returns:
         (B, 2, H, W) displacement in pixels, fixed to moving: ``A @ [p, 1] - p``.
     """
-    grid = identity_grid(shape, like=affine)  # (2, H, W)
+    grid = _grid(shape, affine)  # (2, H, W)
     moved = torch.einsum("bkl,lhw->bkhw", affine[:, :2, :2], grid) + affine[:, :2, 2, None, None]
     return moved - grid
 
 
-def fit_affine(disp: torch.Tensor, weight: torch.Tensor | None = None, ridge: float = 1e-6) -> torch.Tensor:
-    """Weighted least-squares affine ``A`` minimising ``sum_p w(p) |A [p, 1] - (p + disp(p))|^2``.
+class AffineFit:
+    """Weighted least-squares affine ``A`` minimising ``sum_p w(p) |A [p, 1] - (p + disp(p))|^2``, for many fields.
 
-    Differentiable (closed form), used by fidelity-imposed displacement editing. Coordinates are centred and scaled
-    before solving so the normal equations stay well conditioned at any image size.
+    The normal equations depend only on the grid and the weights: they are solved once here, and each field then
+    costs one weighted sum per parameter (the editing loop fits hundreds of fields under one fidelity mask).
+    Differentiable in ``disp`` (linear). Coordinates are centred and scaled so the equations stay well conditioned.
 
     Args:
-        disp: (B, 2, H, W) displacement, pixels, fixed to moving.
-        weight: (B, 1, H, W) non-negative pixel weights (the fidelity mask); all ones when None.
+        weight: (1 or B, 1, H, W) non-negative pixel weights (the fidelity mask).
         ridge: Tikhonov term on the normalised normal equations; keeps empty masks solvable.
-
-    Returns:
-        (B, 3, 3) affine, pixels, fixed to moving.
     """
+
+    def __init__(self, weight: torch.Tensor, ridge: float = 1e-6) -> None:
+        if weight.ndim != 4 or weight.shape[1] != 1:
+            raise ValueError(f"weight must have shape (B, 1, H, W), got {tuple(weight.shape)}")
+        weight = weight if weight.is_floating_point() else weight.float()
+        self.shape = tuple(weight.shape[-2:])
+        height, width = self.shape
+        self.grid = _grid(self.shape, weight)
+        self.centre = self.grid.new_tensor([(height - 1) / 2, (width - 1) / 2]).view(2, 1, 1)
+        self.scale = max(height, width) / 2
+        src = ((self.grid - self.centre) / self.scale).reshape(2, -1)
+        design = torch.cat([src, torch.ones_like(src[:1])])  # (3, N)
+        weighted = weight.reshape(weight.shape[0], 1, -1).to(design) * design  # (B, 3, N)
+        normal = weighted @ design.T + ridge * torch.eye(3, device=design.device, dtype=design.dtype)
+        self.projector = torch.linalg.solve(normal, weighted)  # (B, 3, N): parameters = projector @ targets
+        norm = torch.eye(3, device=design.device, dtype=design.dtype)
+        norm[:2, :2] /= self.scale
+        norm[:2, 2] = -self.centre.flatten() / self.scale
+        self.norm, self.norm_inverse = norm, torch.linalg.inv(norm)
+
+    def __call__(self, disp: torch.Tensor) -> torch.Tensor:
+        """(B, 2, H, W) displacements, pixels, fixed to moving → (B, 3, 3) affines, pixels, fixed to moving."""
+        _check_disp(disp)
+        batch = disp.shape[0]
+        if tuple(disp.shape[2:]) != self.shape or self.projector.shape[0] not in (1, batch):
+            raise ValueError(f"disp {tuple(disp.shape)} does not match weights of {tuple(self.projector.shape)}")
+        dst = ((self.grid + disp - self.centre) / self.scale).reshape(batch, 2, -1)  # (B, 2, N)
+        params = dst @ self.projector.transpose(1, 2)  # (B, 2, 3) in normalised coordinates
+        bottom = params.new_tensor([[0.0, 0.0, 1.0]]).expand(batch, 1, 3)
+        return self.norm_inverse @ torch.cat([params, bottom], dim=1) @ self.norm
+
+
+def fit_affine(disp: torch.Tensor, weight: torch.Tensor | None = None, ridge: float = 1e-6) -> torch.Tensor:
+    """One field's :class:`AffineFit`: (B, 2, H, W) displacement, (B, 1, H, W) weights (ones when None) →
+    (B, 3, 3) affine, pixels, fixed to moving."""
     _check_disp(disp)
     batch, _, height, width = disp.shape
-    grid = identity_grid((height, width), like=disp)
     if weight is None:
-        weight = torch.ones_like(disp[:, :1])
-    if weight.shape != (batch, 1, height, width):
+        weight = torch.ones_like(disp[:1, :1])
+    elif weight.shape != (batch, 1, height, width):
         raise ValueError(f"weight must have shape {(batch, 1, height, width)}, got {tuple(weight.shape)}")
-    centre = grid.new_tensor([(height - 1) / 2, (width - 1) / 2]).view(2, 1, 1)
-    scale = max(height, width) / 2
-    src = ((grid - centre) / scale).reshape(2, -1)  # (2, N)
-    dst = ((grid + disp - centre) / scale).reshape(batch, 2, -1)  # (B, 2, N)
-    design = torch.cat([src, torch.ones_like(src[:1])]).T.expand(batch, -1, -1)  # (B, N, 3)
-    w = weight.reshape(batch, -1, 1)
-    normal = design.transpose(1, 2) @ (w * design) + ridge * torch.eye(3, device=disp.device, dtype=disp.dtype)
-    rhs = design.transpose(1, 2) @ (w * dst.transpose(1, 2))  # (B, 3, 2)
-    params = torch.linalg.solve(normal, rhs).transpose(1, 2)  # (B, 2, 3) in normalised coordinates
-    norm = torch.eye(3, device=disp.device, dtype=disp.dtype)
-    norm[:2, :2] /= scale
-    norm[:2, 2] = -centre.flatten() / scale
-    bottom = torch.tensor([[0.0, 0.0, 1.0]], device=disp.device, dtype=disp.dtype).expand(batch, 1, 3)
-    affine_norm = torch.cat([params, bottom], dim=1)
-    return torch.linalg.inv(norm) @ affine_norm @ norm
+    return AffineFit(weight, ridge)(disp)
 
 
 def pixel_to_normalised(points: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -167,7 +206,7 @@ def warp(
     _check_disp(disp)
     if image.ndim != 4 or image.shape[0] != disp.shape[0]:
         raise ValueError(f"image must be (B, C, H, W) with B={disp.shape[0]}, got {tuple(image.shape)}")
-    points = identity_grid(disp.shape[2:], like=disp) + disp  # (B, 2, H, W)
+    points = _grid(disp.shape[2:], disp) + disp  # (B, 2, H, W)
     grid = pixel_to_normalised(points.permute(0, 2, 3, 1), image.shape[2:])
     return F.grid_sample(image, grid.to(image.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
 
@@ -179,9 +218,13 @@ def overlap_mask(moving: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
         moving: (1 or B, C, Hm, Wm) moving image (only its size is used).
         disp: (B, 2, H, W) displacement, fixed to moving.
     """
+    # what warping an image of ones bilinearly gives, > 0.99 (bilinear weights blur the image edge), without
+    # sampling: a point d < 1 px beyond an edge keeps the weight 1 - d of the pixels inside
     with torch.no_grad():
-        ones = moving.new_ones(1, 1, *moving.shape[-2:]).expand(disp.shape[0], -1, -1, -1)
-        return (warp(ones, disp) > 0.99).to(disp.dtype)  # 0.99: bilinear weights blur the image edge
+        points = _grid(disp.shape[2:], disp) + disp
+        last = disp.new_tensor([n - 1 for n in moving.shape[-2:]]).view(1, 2, 1, 1)
+        beyond = torch.maximum(-points, points - last).clamp(0, 1)
+        return ((1 - beyond).prod(dim=1, keepdim=True) > 0.99).to(disp.dtype)
 
 
 def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
@@ -241,48 +284,6 @@ def sample_at(image: torch.Tensor, points: torch.Tensor, *, padding_mode: str = 
     return sampled[0, :, 0, :].T
 
 
-def scale_factors(old_shape: Sequence[int], new_shape: Sequence[int]) -> tuple[float, float]:
-    """Per-axis factor ``(m - 1) / (n - 1)`` mapping pixel coordinates of a grid of size n to one of size m."""
-    return tuple((int(m) - 1) / max(int(n) - 1, 1) for n, m in zip(old_shape, new_shape))  # type: ignore[return-value]
-
-
-def resize_image(image: torch.Tensor, shape: Sequence[int], *, mode: str = "bilinear") -> torch.Tensor:
-    """Resize (B, C, H, W) to (B, C, *shape) with the module's corner-aligned convention (no anti-aliasing)."""
-    if mode == "nearest":  # F.interpolate's nearest floors src = dst * n / m, off the corner-aligned mapping
-        theta = torch.eye(2, 3, dtype=image.dtype, device=image.device).expand(image.shape[0], 2, 3)
-        grid = F.affine_grid(theta, [image.shape[0], 1, *shape], align_corners=True)
-        return F.grid_sample(image, grid, mode="nearest", align_corners=True)
-    return F.interpolate(image, size=tuple(shape), mode=mode, align_corners=True)
-
-
-def _binomial_blur(image: torch.Tensor) -> torch.Tensor:
-    """[1 4 6 4 1] / 16 along both axes (sigma ~1 px, symmetric: moves no pixel centre), replicate padding.
-
-    Written as sums of shifted views: PyTorch's grouped conv2d with a 5-tap kernel is ~8x slower on CPU.
-    """
-    padded = F.pad(image, (2, 2, 2, 2), mode="replicate")
-    height, width = image.shape[-2:]
-    rows = [padded[..., k : k + height, :] for k in range(5)]
-    blurred = (rows[0] + rows[4]) + 4 * (rows[1] + rows[3]) + 6 * rows[2]
-    cols = [blurred[..., k : k + width] for k in range(5)]
-    return ((cols[0] + cols[4]) + 4 * (cols[1] + cols[3]) + 6 * cols[2]) / 256
-
-
-def downsample(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Anti-aliased resize of (B, C, H, W) to a smaller (B, C, *shape), keeping the corner-aligned convention.
-
-    Area/average pooling would put low-resolution pixel centres half a pixel off the ``(m-1)/(n-1)`` mapping
-    that every other function here assumes, a bias that grows with rotation; so: blur, halve, repeat, resize.
-    """
-    current = image
-    while current.shape[-2] >= 2 * shape[0] and current.shape[-1] >= 2 * shape[1]:
-        half = [(n + 1) // 2 for n in current.shape[-2:]]
-        current = resize_image(_binomial_blur(current), half)
-    if tuple(current.shape[-2:]) == tuple(shape):
-        return current
-    return resize_image(_binomial_blur(current) if current.shape[-2] > shape[0] else current, shape)
-
-
 def resize_disp(
     disp: torch.Tensor, shape: Sequence[int], moving_factors: Sequence[float] | None = None
 ) -> torch.Tensor:
@@ -300,24 +301,9 @@ def resize_disp(
     _check_disp(disp)
     fixed_factors = scale_factors(disp.shape[2:], shape)
     moving_factors = fixed_factors if moving_factors is None else moving_factors
-    positions = identity_grid(disp.shape[2:], like=disp) + disp  # moving points of the old grid
+    positions = _grid(disp.shape[2:], disp) + disp  # moving points of the old grid
     resized = resize_image(positions, shape) * disp.new_tensor(moving_factors).view(1, 2, 1, 1)
-    return resized - identity_grid(shape, like=disp)
-
-
-def rescale_affine(
-    affine: torch.Tensor, fixed_factors: Sequence[float], moving_factors: Sequence[float]
-) -> torch.Tensor:
-    """Express an affine between resized grids: ``S_moving @ A @ S_fixed^-1``.
-
-    Args:
-        affine: (B, 3, 3) or (3, 3) pixel-space affine, fixed to moving.
-        fixed_factors: per-axis :func:`scale_factors` from the old to the new fixed grid.
-        moving_factors: the same for the moving grid.
-    """
-    s_fixed = torch.diag(affine.new_tensor([*fixed_factors, 1.0]))
-    s_moving = torch.diag(affine.new_tensor([*moving_factors, 1.0]))
-    return s_moving @ affine @ torch.linalg.inv(s_fixed)
+    return resized - _grid(shape, disp)
 
 
 def similarity_matrix(
@@ -372,22 +358,6 @@ def jacobian_determinant(disp: torch.Tensor) -> torch.Tensor:
     grad_i = torch.gradient(disp, dim=2)[0]  # d(disp)/d(axis 0)
     grad_j = torch.gradient(disp, dim=3)[0]
     return (1 + grad_i[:, 0]) * (1 + grad_j[:, 1]) - grad_j[:, 0] * grad_i[:, 1]
-
-
-def resize_matrix(old_shape: Sequence[int], new_shape: Sequence[int], *, centres: str = "corner") -> torch.Tensor:
-    """(3, 3) float64 map of pixel coordinates, array order, from a grid of ``old_shape`` to one of ``new_shape``.
-
-    ``centres="corner"``: ``p * (m - 1) / (n - 1)`` (this module's resizes, :func:`downsample`). ``"area"``:
-    ``(p + 0.5) * m / n - 0.5``, the pixel centres of a pyramid level or block mean covering the same area.
-    """
-    if centres not in ("corner", "area"):
-        raise ValueError(f"centres must be 'corner' or 'area', got {centres!r}")
-    matrix = torch.eye(3, dtype=torch.float64)
-    for axis, (n, m) in enumerate(zip(old_shape, new_shape)):
-        factor = scale_factors([n], [m])[0] if centres == "corner" else int(m) / int(n)
-        matrix[axis, axis] = factor
-        matrix[axis, 2] = 0.0 if centres == "corner" else 0.5 * factor - 0.5
-    return matrix
 
 
 def transpose_disp(disp: torch.Tensor) -> torch.Tensor:

@@ -26,13 +26,17 @@ def edit_displacement(disp: torch.Tensor, fidelity: torch.Tensor, alpha: float) 
     return edit_with_affine(disp, fidelity, alpha)[0]
 
 
-def edit_with_affine(disp: torch.Tensor, fidelity: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def edit_with_affine(
+    disp: torch.Tensor, fidelity: torch.Tensor | geometry.AffineFit, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`edit_displacement` and its fidelity affine A(u) (B, 3, 3), which is also the fidelity affine of the
     edited field (a least-squares fit reproduces an affine field, and the fit is linear): no second fit needed.
-    ``alpha = 0`` returns ``disp`` itself and the affine fitted all the same."""
+    ``alpha = 0`` returns ``disp`` itself and the affine fitted all the same. ``fidelity`` may be the weights'
+    :class:`fide.geometry.AffineFit`, built once for a loop that edits many fields under one mask."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    affine = geometry.fit_affine(disp, fidelity)
+    fit = fidelity if isinstance(fidelity, geometry.AffineFit) else None
+    affine = fit(disp) if fit is not None else geometry.fit_affine(disp, fidelity)
     if alpha == 0.0:
         return disp, affine
     projected = geometry.affine_to_disp(affine, disp.shape[2:])

@@ -165,7 +165,7 @@ def _optimise_starts(
     def batched(images: list[torch.Tensor], k: int) -> torch.Tensor:
         return images[k].expand(batch, -1, -1, -1)
 
-    fidelity = levels.fidelity.expand(batch, -1, -1, -1)
+    fidelity = geometry.AffineFit(levels.fidelity)  # one mask for every start and step
     best_nmi = torch.full((batch,), -1.0)
     best_affine = init.detach().cpu().clone()
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import GaussianFilter
 from scipy import ndimage
 
 from fide import geometry
 from fide.config import fibre_votes
 from fide.prealign.search import rotation_angles_deg
+from fide.preprocess.filters import gaussian_blur, gaussian_blurs
 
 __all__ = [
     "Patch",
@@ -44,8 +44,8 @@ class Patch:
 
 def band_pass(image: torch.Tensor, low_px: float, high_px: float) -> torch.Tensor:
     """Difference of Gaussians of (1, 1, H, W): keeps structures between ``low_px`` and ``high_px`` wide."""
-    fine = GaussianFilter(spatial_dims=2, sigma=max(low_px, 0.3))(image.float())
-    return fine - GaussianFilter(spatial_dims=2, sigma=high_px)(image.float())
+    fine, coarse = gaussian_blurs(image, (max(low_px, 0.3), high_px))
+    return fine - coarse
 
 
 def collagen_patches(
@@ -56,7 +56,7 @@ def collagen_patches(
     A region wider than ``max_radius`` is cut to the disk of that radius around its centre: a wide template costs
     more and tolerates less rotation, and a disk of texture is already distinctive.
     """
-    smooth = GaussianFilter(spatial_dims=2, sigma=smooth_px)(shg.float())[0, 0].cpu().numpy()
+    smooth = gaussian_blur(shg, smooth_px)[0, 0].cpu().numpy()
     labels, n = ndimage.label(smooth > smooth.mean() + smooth.std())
     if n == 0:
         return []

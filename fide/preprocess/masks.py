@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.layers import GaussianFilter
 
 from fide.config import PreprocessConfig
+
+from .filters import gaussian_blur
 
 __all__ = ["shg_foreground", "shg_footprint", "bf_tissue", "bf_fill", "tissue_mask", "fill_with_background"]
 
@@ -20,7 +21,7 @@ def shg_footprint(shg: torch.Tensor, sigma_px: float = 4.0, threshold: float = 2
 
     Fibres are thin and sparse; smoothing turns them into the area of the core they belong to.
     """
-    smooth = GaussianFilter(spatial_dims=2, sigma=sigma_px)(shg.float())
+    smooth = gaussian_blur(shg, sigma_px)
     return smooth > threshold
 
 

@@ -1,0 +1,50 @@
+import pytest
+import torch
+from monai.networks.layers import GaussianFilter
+
+from fide.preprocess.filters import _fast_length, gaussian_blur, gaussian_blurs
+
+
+def _smooth_factors_only(n: int) -> bool:
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 97, 419, 838, 1025])
+def test_fast_length_is_the_smallest_5_smooth_length_not_below_n(n):
+    length = _fast_length(n)
+    assert length >= n and _smooth_factors_only(length)
+    assert not any(_smooth_factors_only(m) for m in range(n, length))
+
+
+@pytest.mark.parametrize(
+    "shape, sigma",
+    [((2, 3, 37, 53), 1.0), ((1, 1, 64, 40), 4.0), ((1, 1, 9, 14), 6.0), ((1, 2, 30, 31), 0.3)],
+)
+def test_gaussian_blur_equals_monai_gaussian_filter_zero_padded(shape, sigma):
+    # the (9, 14) image is narrower than the sigma-6 kernel (49 taps): the padding must keep its far side unread
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255
+    expected = GaussianFilter(spatial_dims=2, sigma=sigma)(image)
+    out = gaussian_blur(image, sigma)
+    assert out.shape == image.shape and out.dtype == torch.float32
+    assert torch.allclose(out, expected, atol=1e-4 * 255, rtol=0)
+
+
+def test_a_blurred_point_is_the_kernel_centred_on_it_and_cut_at_the_border():
+    image = torch.zeros(1, 1, 21, 21)
+    image[0, 0, 2, 10] = 1.0
+    out = gaussian_blur(image, 2.0)[0, 0]
+    assert out.argmax() == 2 * 21 + 10
+    assert torch.allclose(out, out.flip(-1))  # symmetric about the point's column
+    # the mass that would fall above row 0 is lost (zero outside the image), none wraps to the bottom rows
+    assert float(out[-3:].abs().max()) < 1e-6
+    assert 0.8 < float(out.sum()) < 0.95
+
+
+def test_several_sigmas_from_one_call_equal_separate_calls():
+    image = torch.rand(1, 1, 50, 45, generator=torch.Generator().manual_seed(1))
+    fine, coarse = gaussian_blurs(image, (1.0, 6.0))
+    assert torch.allclose(fine, gaussian_blur(image, 1.0), atol=1e-5)
+    assert torch.allclose(coarse, gaussian_blur(image, 6.0), atol=1e-5)
