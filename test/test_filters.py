@@ -2,7 +2,7 @@ import pytest
 import torch
 from monai.networks.layers import GaussianFilter
 
-from fide.preprocess.filters import _fast_length, gaussian_blur, gaussian_blurs
+from fide.preprocess.filters import gaussian_blur, gaussian_blurs, smooth_fft_length
 
 
 def _smooth_factors_only(n: int) -> bool:
@@ -13,8 +13,8 @@ def _smooth_factors_only(n: int) -> bool:
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 97, 419, 838, 1025])
-def test_fast_length_is_the_smallest_5_smooth_length_not_below_n(n):
-    length = _fast_length(n)
+def test_fft_length_is_the_smallest_5_smooth_length_not_below_n(n):
+    length = smooth_fft_length(n)
     assert length >= n and _smooth_factors_only(length)
     assert not any(_smooth_factors_only(m) for m in range(n, length))
 

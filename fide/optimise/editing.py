@@ -35,8 +35,7 @@ def edit_with_affine(
     :class:`fide.geometry.AffineFit`, built once for a loop that edits many fields under one mask."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    fit = fidelity if isinstance(fidelity, geometry.AffineFit) else None
-    affine = fit(disp) if fit is not None else geometry.fit_affine(disp, fidelity)
+    affine = fidelity(disp) if isinstance(fidelity, geometry.AffineFit) else geometry.fit_affine(disp, fidelity)
     if alpha == 0.0:
         return disp, affine
     projected = geometry.affine_to_disp(affine, disp.shape[2:])

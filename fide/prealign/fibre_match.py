@@ -19,7 +19,7 @@ from scipy import ndimage
 from fide import geometry
 from fide.config import fibre_votes
 from fide.prealign.search import rotation_angles_deg
-from fide.preprocess.filters import gaussian_blur, gaussian_blurs
+from fide.preprocess.filters import gaussian_blur, gaussian_blurs, smooth_fft_length
 
 __all__ = [
     "Patch",
@@ -110,17 +110,6 @@ def box_px(patches: list[Patch], linear: torch.Tensor) -> int:
     return int(math.ceil(2 * max(p.radius for p in patches) * float(torch.linalg.matrix_norm(linear, 2).max()))) + 3
 
 
-def _smooth_fft_size(n: int) -> int:
-    while True:  # pocketfft is fastest on 2^a 3^b 5^c sizes
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
-
-
 class MovingSpectra:
     """FFTs of the band-passed moving image (and its square) on a canvas with room for templates of ``box`` px.
 
@@ -131,7 +120,7 @@ class MovingSpectra:
 
     def __init__(self, moving_band: torch.Tensor, box: int) -> None:
         size = moving_band.shape[-2:]
-        self.canvas = tuple(_smooth_fft_size(max(n + box // 2, box + 1)) for n in size)
+        self.canvas = tuple(smooth_fft_length(max(n + box // 2, box + 1)) for n in size)
         # templates take all the room the FFT size leaves (zeros beyond the patch): later poses a little larger fit;
         # an odd box centres the template on a pixel
         room = min(c - n for c, n in zip(self.canvas, size))

@@ -12,25 +12,21 @@ from collections.abc import Sequence
 import torch
 from monai.networks.layers.convutils import gaussian_1d
 
-__all__ = ["gaussian_blur", "gaussian_blurs"]
+__all__ = ["gaussian_blur", "gaussian_blurs", "smooth_fft_length"]
 
 _TRUNCATED = 4.0  # MONAI GaussianFilter's default: the kernel reaches 4 sigma
 
 
-def _fast_length(n: int) -> int:
-    """The smallest 2^a 3^b 5^c >= n (pocketfft is several times slower on lengths with a large prime factor)."""
-    best = 1 << max(0, (n - 1).bit_length())
-    power3 = 1
-    while power3 < best:
-        power5 = power3
-        while power5 < best:
-            length = power5
-            while length < n:
-                length *= 2
-            best = min(best, length)
-            power5 *= 5
-        power3 *= 3
-    return best
+def smooth_fft_length(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n >= 1 (pocketfft is several times slower on lengths with a large prime factor)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
 
 
 def _kernel_spectrum(kernel: torch.Tensor, length: int, real_half: bool) -> torch.Tensor:
@@ -55,8 +51,8 @@ def gaussian_blurs(image: torch.Tensor, sigmas: Sequence[float]) -> list[torch.T
     kernels = [gaussian_1d(torch.tensor(float(s)), truncated=_TRUNCATED).to(image) for s in sigmas]
     radius = max((len(k) - 1) // 2 for k in kernels)
     # zero padding by the kernel's radius: the circular convolution then reads only zeros beyond the image
-    rows = _fast_length(max(height + radius, 2 * radius + 1))
-    cols = _fast_length(max(width + radius, 2 * radius + 1))
+    rows = smooth_fft_length(max(height + radius, 2 * radius + 1))
+    cols = smooth_fft_length(max(width + radius, 2 * radius + 1))
     spectrum = torch.fft.rfft2(image, s=(rows, cols))
     out = []
     for kernel in kernels:
