@@ -181,3 +181,28 @@ def test_concurrency_children_get_fides_own_thread_defaults(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert not {"OMP_NUM_THREADS", "OMP_WAIT_POLICY"} & set(concurrency._environment("default"))
     assert concurrency._environment("active")["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_dev_tasks_summary_counts_and_comparison():
+    """benchmarks/dev_tasks.py: per-task counts from per-pair rows, and the pairs a change moved across 2 px."""
+    import dev_tasks
+
+    before = pd.DataFrame(
+        {
+            "task": ["a", "a", "a", "b"],
+            "pair": ["p1", "p2", "p3", "q1"],
+            "tre": [0.5, 1.5, 40.0, 7.0],
+            "status": ["ok", "flagged", "flagged", "ok"],
+            "seconds": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    table = dev_tasks.summary(before)
+    assert table.loc["a", "< 2 px"] == 2 and table.loc["a", "flagged"] == 2 and table.loc["a", "< 2 px flagged"] == 1
+    assert table.loc["b", "> 5 px not flagged"] == 1 and table.loc["all", "pairs"] == 4
+    assert table.loc["a", "s/pair"] == pytest.approx(2.0)
+    after = before.assign(tre=[0.5, 1.5, 0.4, 7.0], status=["ok", "ok", "ok", "flagged"])
+    lines = dev_tasks.compare(before, after).splitlines()
+    assert lines[0] == "a: mean TRE 14.000 -> 0.800 px"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["p2", "p3", "b", "q1"]
+    # the development seeds are never the benchmark's
+    assert all(seed != 2025 for _, seed, _, _ in dev_tasks.DEV_TASKS.values())
