@@ -2,7 +2,7 @@
 
 import torch
 
-from fide.prealign.ransac import fit_affine_points, ransac_affine
+from fide.prealign.ransac import fit_affine_points, minimal_samples, ransac_affine
 
 
 def test_ransac_recovers_affine_with_half_outliers():
@@ -36,3 +36,12 @@ def test_weighted_least_squares_ignores_zero_weight_points():
     affine = fit_affine_points(src, dst, torch.tensor([1.0, 1.0, 1.0, 0.0]))
     assert torch.allclose(affine[:2, 2], torch.tensor([2.0, 3.0]), atol=1e-4)
     assert torch.allclose(affine[:2, :2], torch.eye(2), atol=1e-4)
+
+
+def test_minimal_samples_are_distinct_uniform_triples():
+    samples = minimal_samples(10, 6000, seed=3)
+    assert samples.shape == (6000, 3)
+    assert all(len(set(row)) == 3 for row in samples.tolist())
+    counts = torch.bincount(samples.flatten(), minlength=10).float()
+    assert (counts / counts.mean() - 1).abs().max() < 0.05  # each point in 3/10 of the samples
+    assert torch.equal(samples, minimal_samples(10, 6000, seed=3))

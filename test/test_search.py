@@ -153,3 +153,17 @@ def test_label_criterion_runs_only_where_the_correlation_criteria_disagree(pair1
     assert run([right], "auto", texture_judges=True)
     with pytest.raises(ValueError, match="label_search"):
         SearchConfig(label_search="sometimes")
+
+
+@pytest.mark.parametrize("size", [(40, 40), (36, 45)])
+def test_pruned_inverse_fft_equals_irfft2_at_the_kept_shifts(size):
+    """The search's correlations at shifts -S..S (both criteria) are torch's irfft2 read at those shifts."""
+    from fide.prealign.search import _correlation_at_shifts
+
+    generator = torch.Generator().manual_seed(0)
+    spectrum = torch.fft.rfft2(torch.randn(3, 2, *size, generator=generator))
+    full = torch.fft.irfft2(spectrum, s=size)
+    shifts = torch.arange(-7, 8)
+    expected = full[..., shifts % size[0], :][..., shifts % size[1]]
+    assert torch.allclose(_correlation_at_shifts(spectrum, size, 7), expected, atol=1e-5)
+    assert torch.allclose(_correlation_at_shifts(spectrum, size, None), full)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fit_affine_points", "ransac_affine"]
+__all__ = ["fit_affine_points", "minimal_samples", "ransac_affine"]
 
 
 def fit_affine_points(src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -39,6 +39,15 @@ def fit_affine_points(src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor
     return affine if batched else affine[0]
 
 
+def minimal_samples(count: int, iterations: int, seed: int) -> torch.Tensor:
+    """(iterations, 3) indices into ``count`` points, three distinct ones a row, each 3-subset equally likely.
+
+    The 3 largest of i.i.d. uniform keys, in one call (a ``randperm`` per hypothesis took 10-25 ms a thousand).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(iterations, count, generator=generator).topk(3, dim=1).indices
+
+
 def ransac_affine(
     src: torch.Tensor,
     dst: torch.Tensor,
@@ -64,8 +73,7 @@ def ransac_affine(
     count = len(src)
     if count < 3:
         return torch.eye(3, dtype=src.dtype, device=src.device), torch.zeros(count, dtype=torch.bool, device=src.device)
-    generator = torch.Generator().manual_seed(seed)
-    samples = torch.stack([torch.randperm(count, generator=generator)[:3] for _ in range(iterations)]).to(src.device)
+    samples = minimal_samples(count, iterations, seed).to(src.device)
     hypotheses = fit_affine_points(src[samples], dst[samples])  # (I, 3, 3)
     projected = src @ hypotheses[:, :2, :2].transpose(1, 2) + hypotheses[:, None, :2, 2]  # (I, N, 2)
     inliers = (projected - dst).norm(dim=-1) < threshold_px
