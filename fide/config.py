@@ -157,8 +157,10 @@ class FibreConfig:
     min_inliers: int = 5  # fide: patches that must agree on one affine (three always fit one; 4 agreed by chance)
     refine_patches: int = 12  # patches located one by one and fitted
     final_band_px: tuple[float, float] = (1.0, 6.0)  # band of the last fit (full resolution) and texture score
-    refine_iterations: int = 60  # Adam steps of each continuous affine fit
-    refine_learning_rate: float = 0.1
+    # fide: Levenberg-Marquardt steps of each continuous affine fit on the texture (it stops earlier once no step
+    # raises the score); from grid poses 20 reached what 60 Adam steps had on recorded development fits
+    refine_iterations: int = 20
+    fit_damping: float = 1e-3  # initial Marquardt factor of those fits
     accept_ratio: float = 1.5  # fide: kept only if its texture score beats the current affine's by this factor
     # fide: ... and, where the current NMI is above optimise.quality_flag_below, if it lowers that NMI by at most
     # this fraction (measured: a wrong match 0.79x, a right rescue 0.94x)
@@ -171,7 +173,7 @@ class FibreConfig:
     # fide: the last affine step, at full resolution on the texture of a trusted pose (the NMI passes end at 384 px),
     # kept only if the full-resolution NMI stays within the tolerance. On 70 development pairs 68 ended under 1 px
     # against 65 without it, mean 0.515 vs 0.560 px (exactly affine pairs 0.56 -> 0.42, the smooth-warped ones about
-    # even), ~0.25 s a pair; 0 turns it off
+    # even), ~0.25 s a pair; Adam steps (see fibre_texture.polish_on_patches), 0 turns it off
     polish_iterations: int = 30
     polish_learning_rate: float = 0.05
     polish_nmi_tolerance: float = 0.01

@@ -1,5 +1,6 @@
 """The fibre texture NCC (fide/prealign/fibre_texture.py): a sharp peak at the true pose of a nearly empty SHG."""
 
+import pytest
 import torch
 from conftest import SPARSE_SIZE, similarity, sparse_fibre_config
 
@@ -19,12 +20,17 @@ def test_texture_score_is_high_at_the_truth_only(sparse_pair):
     assert fibre_texture.texture_score(fixed, moving, off, SMALL) < 0.5 * at_truth
 
 
-def test_refine_on_patches_removes_a_small_error(sparse_pair):
+@pytest.mark.parametrize("fit", ["refine", "polish"])
+def test_texture_fits_remove_a_small_error(sparse_pair, fit):
+    """Levenberg-Marquardt (the fits of confirmed poses) and Adam (the polish) both converge near the truth."""
     fixed, moving, truth = sparse_pair
     band = [band_pass(image, 1.0, 6.0) for image in (fixed, moving)]
     patches = collagen_patches(fixed, 4, 3.0, 100.0)
     start = truth @ similarity(1.0, 1.01, SIZE, shift=(1.0, -1.0))
-    refined, score = fibre_texture.refine_on_patches(*band, patches, start, iterations=60, learning_rate=0.1)
+    if fit == "refine":
+        refined, score = fibre_texture.refine_on_patches(*band, patches, start, iterations=20)
+    else:
+        refined, score = fibre_texture.polish_on_patches(*band, patches, start, iterations=60, learning_rate=0.1)
     points = torch.stack([patch.centre for patch in patches])  # the affine is only constrained where the patches are
     error = geometry.apply_affine_to_points(refined, points) - geometry.apply_affine_to_points(truth, points)
     before = geometry.apply_affine_to_points(start, points) - geometry.apply_affine_to_points(truth, points)

@@ -108,7 +108,7 @@ def texture_polish(
     Kept only if the full-resolution NMI stays within ``polish_nmi_tolerance`` of the pose it started from
     (``quality``, texture NCC ``start_score``). Returns the affine, its NMI and its texture NCC.
     """
-    refined, score = texture.refine(affine, cfg.polish_iterations, cfg.polish_learning_rate)
+    refined, score = texture.polish(affine, cfg.polish_iterations, cfg.polish_learning_rate)
     refined_quality = quality_of(refined)
     logger.debug("polish: texture %.4f -> %.4f, NMI %.4f -> %.4f", start_score, score, quality, refined_quality)
     if score > start_score and refined_quality >= (1 - cfg.polish_nmi_tolerance) * quality:

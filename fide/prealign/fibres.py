@@ -9,7 +9,7 @@ correlates only within a few degrees of the true pose. So:
    false matches in the dense eosin texture; several patches agreeing on one pose do not;
 2. the twelve largest patches then each find their own position near that pose, and an affine through those that
    agree (RANSAC, at least ``min_inliers``) confirms the vote and adds the shear a similarity lacks;
-3. Adam fits the affine to the patches' texture, at ``refine_size_px`` and at full resolution.
+3. Levenberg-Marquardt fits the affine to the patches' texture, at ``refine_size_px`` and at full resolution.
 
 The texture NCC itself lives in :mod:`fide.prealign.fibre_texture`. Lengths in :class:`~fide.config.FibreConfig`
 are pixels of an image whose side is the challenge's 834 px, scaled with the image side (the core fills the image
@@ -260,10 +260,10 @@ def _fit_texture(
             fine.patches,
             fine.down(affine),
             cfg.refine_iterations,
-            cfg.refine_learning_rate,
+            cfg.fit_damping,
         )
         affine = fine.up(fitted)
         score = texture.score(affine)
         if score < cfg.verify_below / 2:
             return affine, score
-    return texture.refine(affine, cfg.refine_iterations, cfg.refine_learning_rate)
+    return texture.refine(affine, cfg.refine_iterations, cfg.fit_damping)
