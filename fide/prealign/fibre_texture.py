@@ -282,22 +282,17 @@ class FibreTexture:
 
     def polish(self, affine: torch.Tensor, iterations: int, learning_rate: float) -> tuple[torch.Tensor, float]:
         """:func:`polish_on_patches` at full resolution from a (3, 3) affine: the best affine seen and its score."""
-        if not self.level.patches:
-            return affine, 0.0
-        level = self.level
-        fitted, score = polish_on_patches(
-            level.fixed_band, level.moving_band, self.pixels, level.down(affine), iterations, learning_rate
-        )
-        return level.up(fitted), score
+        return self._fit(polish_on_patches, affine, iterations, learning_rate)
 
     def refine(self, affine: torch.Tensor, iterations: int, damping: float = 1e-3) -> tuple[torch.Tensor, float]:
         """:func:`refine_on_patches` at full resolution from a (3, 3) affine: the best affine and its score."""
+        return self._fit(refine_on_patches, affine, iterations, damping)
+
+    def _fit(self, fit, affine: torch.Tensor, iterations: int, setting: float) -> tuple[torch.Tensor, float]:
         if not self.level.patches:
             return affine, 0.0
         level = self.level
-        fitted, score = refine_on_patches(
-            level.fixed_band, level.moving_band, self.pixels, level.down(affine), iterations, damping
-        )
+        fitted, score = fit(level.fixed_band, level.moving_band, self.pixels, level.down(affine), iterations, setting)
         return level.up(fitted), score
 
 
