@@ -28,6 +28,7 @@ from run import CACHE, score
 
 from fide.cli._common import configure_logging, seed_everything
 from fide.config import FideConfig, config_from_dict
+from fide.features import ModalityEncoders
 from fide.features.select import resolve_encoders
 from fide.io import load_dataset
 from fide.runner import register_pairs
@@ -58,12 +59,11 @@ def dev_task(name: str, cache: Path) -> Path:
     return Path(marker.read_text().strip())
 
 
-def run_task(name: str, cfg: FideConfig, cache: Path, out: Path) -> pd.DataFrame:
+def run_task(name: str, cfg: FideConfig, encoders: ModalityEncoders | None, cache: Path, out: Path) -> pd.DataFrame:
     """Register every val pair of task ``name``; one row per pair: TRE, status, confidence, seconds per stage."""
     dataset = dev_task(name, cache)
     stages: dict[str, dict[str, float]] = {}
-    seed_everything(cfg.seed)
-    encoders = resolve_encoders(cfg.encoder, torch.device("cpu"))
+    seed_everything(cfg.seed)  # per task: a task's fields do not depend on which tasks ran before it
 
     def keep_stages(pair, result) -> None:
         stages[pair.name] = result.seconds
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"dev_tasks: unknown tasks {unknown}; expected some of {list(DEV_TASKS)}")
     cfg = config_from_dict(json.loads(args.config.read_text())) if args.config else FideConfig()
     fields = args.out.with_suffix("")
-    pairs = pd.concat([run_task(name, cfg, args.cache, fields) for name in names], ignore_index=True)
+    encoders = resolve_encoders(cfg.encoder, torch.device("cpu"))
+    pairs = pd.concat([run_task(name, cfg, encoders, args.cache, fields) for name in names], ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pairs.to_csv(args.out, index=False, float_format="%.4f")
     print(summary(pairs).to_string(float_format=lambda v: f"{v:.3f}"))

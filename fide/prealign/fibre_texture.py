@@ -100,14 +100,14 @@ class PatchPixels:
 
     def centred_and_norms(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`centred` and each pixel's patch norm before the normalisation, both (..., N)."""
-        values = values - self.patch_means(values)
+        values = values - self.patch_sums(values) / self.counts[self.ids]
         # +eps inside the root: a patch mapped onto blank background has zero energy and sqrt'(0) is infinite
-        norms = (values**2 @ self.member.T + 1e-12).sqrt()[..., self.ids]
+        norms = (self.patch_sums(values**2) + 1e-12).sqrt()
         return values / norms, norms
 
-    def patch_means(self, values: torch.Tensor) -> torch.Tensor:
-        """(..., N) → each pixel's patch mean, (..., N)."""
-        return (values @ self.member.T / self.counts)[..., self.ids]
+    def patch_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """(..., N) → each pixel's patch sum, (..., N)."""
+        return (values @ self.member.T)[..., self.ids]
 
     def ncc(self, moving_band: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
         """Mean over patches of the NCC with the moving image sampled at ``mapped`` (B, N, 2) → (B,)."""
@@ -140,7 +140,7 @@ def refine_on_patches(
     The grid search leaves ~1° and half a pixel of error; a continuous fit removes it and adds the anisotropy and
     shear a similarity cannot express. With unit-norm patches, ``2 - 2 NCC`` is each patch's squared residual, so
     Gauss-Newton applies: on recorded fits of development pairs 5 steps reached the score that 30 Adam steps had
-    (20 steps from a grid pose, where Adam took 60), each step about one Adam step's cost. ``damping`` is the
+    (20 steps from a grid pose, where Adam took 60), in 40-50 % of Adam's time. ``damping`` is the
     initial Marquardt factor; a step is kept only if the score rises. Returns the best (3, 3) affine and its score.
     """
     pixels = patches if isinstance(patches, PatchPixels) else PatchPixels(fixed_band, patches)
@@ -159,8 +159,8 @@ def refine_on_patches(
             return score, pixels.fixed_values - moving_values, None
         raw = torch.cat([gradient[:, :1] * local, gradient[:, 1:] * local], 1)  # d sampled / d delta
         # through the patch centring and normalisation: (I - m m^T) (raw - its patch mean) / norm, per patch
-        centred = raw - pixels.patch_means(raw.T).T
-        along = pixels.patch_means((moving_values[:, None] * centred).T).T * pixels.counts[pixels.ids, None]
+        centred = raw - (pixels.patch_sums(raw.T) / pixels.counts[pixels.ids]).T
+        along = pixels.patch_sums((moving_values[:, None] * centred).T).T
         return score, pixels.fixed_values - moving_values, (centred - moving_values[:, None] * along) / norms[:, None]
 
     delta = base.new_zeros(6)
@@ -194,8 +194,9 @@ def polish_on_patches(
 
     The last step of a trusted pose. On synthetic pairs the converged texture optimum (what Levenberg-Marquardt
     reaches) lay further from the truth than a few Adam steps from the NMI pose on harder affines (development
-    tasks: harder affines 0.56 -> 0.60 px, mirrored 0.56 -> 0.62, exactly affine 0.44 -> 0.49; whole cores exactly
-    affine 0.37 -> 0.32): short Adam steps stay between the two criteria, so the polish keeps them.
+    tasks: harder affines 0.56 -> 0.60 px, mirrored 0.56 -> 0.62, exactly affine harder affines 0.44 -> 0.49; only
+    exactly affine whole cores better, 0.37 -> 0.32): short Adam steps stay between the two criteria, so the polish
+    keeps them.
     """
     pixels = patches if isinstance(patches, PatchPixels) else PatchPixels(fixed_band, patches)
     frame = _PatchFrame(pixels.points)
