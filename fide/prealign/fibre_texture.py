@@ -140,7 +140,7 @@ def refine_on_patches(
     The grid search leaves ~1° and half a pixel of error; a continuous fit removes it and adds the anisotropy and
     shear a similarity cannot express. With unit-norm patches, ``2 - 2 NCC`` is each patch's squared residual, so
     Gauss-Newton applies: on recorded fits of development pairs 5 steps reached the score that 30 Adam steps had
-    (20 steps from a grid pose, where Adam took 60), in 40-50 % of Adam's time. ``damping`` is the
+    (20 steps from a grid pose, where Adam took 60), in 16-59 % of Adam's time. ``damping`` is the
     initial Marquardt factor; a step is kept only if the score rises. Returns the best (3, 3) affine and its score.
     """
     pixels = patches if isinstance(patches, PatchPixels) else PatchPixels(fixed_band, patches)
