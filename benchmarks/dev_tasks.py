@@ -6,7 +6,7 @@ Usage (from the repository root; ~10 min on 2 cores, tasks generated into ``--ca
     .venv/bin/python benchmarks/dev_tasks.py --out /tmp/dev-try.csv --config try.json --compare /tmp/dev-new.csv
     .venv/bin/python benchmarks/dev_tasks.py --tasks hard,mirror --out /tmp/dev-hm.csv
 
-110 pairs of 834 px in nine tasks, one per regime and seed below (docs/synth.md), never the benchmark's seed 2025:
+150 pairs of 834 px in eleven tasks, one per regime and seed below (docs/synth.md), never the benchmark's seed 2025:
 the benchmark (``run.py``) measures, these tasks are where changes are tried. Every pair runs as the benchmark's
 fide row does (``register_pairs``, default config unless ``--config``), in this one process; each pair's TRE comes
 from the bundled evaluator. Prints one row per task (mean / median TRE, pairs under 2 px, flagged, over 5 px and
@@ -45,6 +45,9 @@ DEV_TASKS = {
     "core": ("core", 7, 10, 4.0),
     "nowarp_core": ("core", 51, 10, 0.0),
     "nowarp_hard": ("hard", 52, 10, 0.0),
+    # the real failure (issue 25): SHG fibre texture independent of the bright field's, coarse layout shared
+    "decoupled": ("decoupled", 61, 20, 4.0),
+    "decoupled-patch20": ("decoupled-patch20", 62, 20, 4.0),
 }
 
 
@@ -59,21 +62,24 @@ def dev_task(name: str, cache: Path) -> Path:
     return Path(marker.read_text().strip())
 
 
-def run_task(name: str, cfg: FideConfig, encoders: ModalityEncoders | None, cache: Path, out: Path) -> pd.DataFrame:
-    """Register every val pair of task ``name``; one row per pair: TRE, status, confidence, seconds per stage."""
-    dataset = dev_task(name, cache)
+def run_task(name: str, cfg: FideConfig, encoders: ModalityEncoders | None, dataset: Path, out: Path) -> pd.DataFrame:
+    """Register every val pair of the task at ``dataset``; one row per pair: TRE, status, confidence, seconds per
+    stage and the evidence on the pose (``e_`` columns)."""
     stages: dict[str, dict[str, float]] = {}
     seed_everything(cfg.seed)  # per task: a task's fields do not depend on which tasks ran before it
 
     def keep_stages(pair, result) -> None:
-        stages[pair.name] = result.seconds
+        stages[pair.name] = {
+            **{f"s_{k}": v for k, v in result.seconds.items()},
+            **{f"e_{k}": v for k, v in result.scores.items()},
+        }
 
     pairs = load_dataset(dataset).split("val")
     table = register_pairs(pairs, out / name, cfg, encoders=encoders, on_result=keep_stages)
     tre = score(dataset, out / name, None)
     table.insert(0, "task", name)
     table.insert(2, "tre", table["pair"].map(tre))
-    stage_table = pd.DataFrame.from_dict(stages, orient="index").add_prefix("s_")
+    stage_table = pd.DataFrame.from_dict(stages, orient="index")
     return table.join(stage_table, on="pair")
 
 
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=CACHE, help="folder of the generated tasks")
     parser.add_argument("--out", type=Path, required=True, help="per-pair CSV; fields go beside it")
     parser.add_argument("--compare", type=Path, help="an earlier per-pair CSV to compare with")
+    parser.add_argument("--histolm", type=Path, help="also the real HISTOLM pairs (task folder), as task 'histolm'")
     args = parser.parse_args(argv)
     configure_logging(False)
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
@@ -133,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_dict(json.loads(args.config.read_text())) if args.config else FideConfig()
     fields = args.out.with_suffix("")
     encoders = resolve_encoders(cfg.encoder, torch.device("cpu"))
-    pairs = pd.concat([run_task(name, cfg, encoders, args.cache, fields) for name in names], ignore_index=True)
+    datasets = {name: dev_task(name, args.cache) for name in names}
+    if args.histolm:
+        datasets["histolm"] = args.histolm / "HISTOLM_dataset.json"
+    pairs = pd.concat(
+        [run_task(name, cfg, encoders, dataset, fields) for name, dataset in datasets.items()], ignore_index=True
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pairs.to_csv(args.out, index=False, float_format="%.4f")
     print(summary(pairs).to_string(float_format=lambda v: f"{v:.3f}"))

@@ -45,7 +45,7 @@ class PairOutcome:
     status: str  # one of STATUSES
     seconds: float
     quality: float
-    confidence: float = float("nan")  # see fide/optimise/confidence.py
+    confidence: float = float("nan")  # see fide/decision.py
     mirrored: bool = False  # the affine reflects: the slide was mirrored
     message: str = ""
 

@@ -4,7 +4,7 @@ Why processes: most of a pair's work is many small tensor operations that one th
 with T/N threads each use T cores better than one process with T threads (issue 15: 1.5x the throughput on 2 cores).
 
 Each worker is a fresh ``spawn`` process (safe with CUDA and with torch's thread pools) that sets its thread count
-and seeds exactly as ``fide register`` does, then runs :func:`fide.runner.process_pair` on one pair at a time. The
+and seeds exactly as ``fide register`` does, then runs :func:`fide.pair_task.process_pair` on one pair at a time. The
 parent keeps the progress bar, the results table and the callbacks. A pair's result depends only on its inputs, the
 config and the seed (every random choice draws from generators seeded by ``cfg.seed``), so the fields equal a
 single process's at the same thread count; tests compare them bit for bit. A worker that dies (killed for memory,
@@ -25,8 +25,11 @@ from dataclasses import replace
 
 import torch
 
+from fide.logs import configure_logging
+from fide.pair_task import PairTask, identity_fallback, process_pair
+from fide.reproducibility import seed_everything
 from fide.resources import configure_threads, thread_environment
-from fide.runner import PairOutcome, PairTask, _identity_fallback, process_pair
+from fide.results import PairOutcome
 
 __all__ = ["run_in_workers"]
 
@@ -35,9 +38,7 @@ logger = logging.getLogger(__name__)
 
 def _init_worker(threads: int, seed: int, log_level: int) -> None:
     configure_threads(threads)
-    from fide.cli._common import configure_logging, seed_everything  # the commands' own set-up, so results match
-
-    seed_everything(seed)
+    seed_everything(seed)  # the commands' own set-up, so results match
     configure_logging(verbose=log_level <= logging.DEBUG)
 
 
@@ -106,7 +107,7 @@ def run_in_workers(
                 broken.extend(running.values())
             for index, task in broken:
                 if index in retried:
-                    note = _identity_fallback(task.pair, task.target)
+                    note = identity_fallback(task.pair, task.target)
                     reason = "worker process ended abruptly (killed, e.g. for memory) twice while registering"
                     logger.error("%s failed: %s (%s)", task.pair.name, reason, note)
                     yield index, PairOutcome(task.pair.name, "failed", float("nan"), float("nan"), message=reason), None

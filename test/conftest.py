@@ -9,13 +9,25 @@ import torch
 from fide import geometry
 from fide.synth import make_task
 
-# reduced search and iterations: a real registration of a 96 px pair in seconds (the operations tests)
+# reduced search and iterations: a real registration of a 96 px pair in seconds (the operations tests); with the
+# fast_engine fixture the search's fine sweep and RANSAC (module constants) are cut down too
 FAST_CONFIG = {
-    "search": {"angle_step_deg": 30.0, "scale_steps": 3, "refine_angle_steps": 3, "refine_scale_steps": 1, "top_k": 1},
+    "search": {"angle_step_deg": 30.0, "scale_steps": 3, "top_k": 1},
     "optimise": {"restarts": 1, "lncc_iterations": 4, "nmi_iterations": 4, "size_px": 96, "levels": 1},
-    "prealign": {"size_px": 96, "ransac_iterations": 100},
+    "prealign": {"size_px": 96},
     "encoder": {"features": "handcrafted"},
 }
+
+
+@pytest.fixture
+def fast_engine(monkeypatch):
+    """FAST_CONFIG's companion for registrations in this process: 3 fine angles and 1 fine scale per search
+    candidate, 100 RANSAC samples (spawned workers and subprocesses keep the defaults)."""
+    from fide.prealign import prealign, search
+
+    monkeypatch.setattr(search, "REFINE_ANGLE_STEPS", 3)
+    monkeypatch.setattr(search, "REFINE_SCALE_STEPS", 1)
+    monkeypatch.setattr(prealign, "RANSAC_ITERATIONS", 100)
 
 
 def blob_pair(size: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,23 +118,23 @@ def empty_core_pair(size: int, pose: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 # the fibre tests' nearly empty SHG (test_fibres.py, test_fibre_texture.py): lengths scale with the image side / 834,
-# these give ~2-8 px bands at 200 px, where the test texture lives
+# the sparse_fibres fixture's give ~2-8 px bands at 200 px, where the test texture lives
 SPARSE_SIZE = 200
 
 
-def sparse_fibre_config():
-    from fide.config import FibreConfig
+@pytest.fixture
+def sparse_fibres(monkeypatch):
+    """The fibre modules' constants for the sparse test texture: both grids at its full 200 px, wider bands, patches
+    and smoothing, a 6° grid."""
+    from fide.prealign import fibre_texture, fibres
 
-    return FibreConfig(
-        size_px=SPARSE_SIZE,
-        refine_size_px=SPARSE_SIZE,
-        band_px=(6.0, 30.0),
-        final_band_px=(4.0, 24.0),
-        patch_smooth_px=12.0,
-        patch_max_radius_px=400.0,
-        angle_step_deg=6.0,
-        scale_step=0.06,
-    )
+    monkeypatch.setattr(fibres, "GRID_SIZE_PX", SPARSE_SIZE)
+    monkeypatch.setattr(fibres, "REFINE_SIZE_PX", SPARSE_SIZE)
+    monkeypatch.setattr(fibres, "GRID_BAND_PX", (6.0, 30.0))
+    monkeypatch.setattr(fibres, "ANGLE_STEP_DEG", 6.0)
+    monkeypatch.setattr(fibre_texture, "TEXTURE_BAND_PX", (4.0, 24.0))
+    monkeypatch.setattr(fibre_texture, "PATCH_SMOOTH_PX", 12.0)
+    monkeypatch.setattr(fibre_texture, "PATCH_MAX_RADIUS_PX", 400.0)
 
 
 SPARSE_POSE = similarity(150.0, 1.1, SPARSE_SIZE, shift=(4.0, -6.0))

@@ -38,7 +38,7 @@ def test_missing_learned_weights_give_an_na_row(tiny_task, tmp_path):
     assert table["note"].tolist() == ["n/a (no weights)"] and table["mean_tre"].isna().all()
 
 
-def test_cli_table_on_a_tiny_task(tiny_task, tmp_path):
+def test_cli_table_on_a_tiny_task(tiny_task, tmp_path, fast_engine):
     """Real (fast) registrations: 1 pair x (prealign, full); restarts-1 equals full here and reuses its row."""
     config = tmp_path / "fast.json"
     config.write_text(json.dumps(FAST_CONFIG))

@@ -62,7 +62,7 @@ def _align(*args):
     return main(["align", *map(str, args), "--working-size", str(SIZE)])
 
 
-def test_one_pair_writes_every_output_and_matches_the_python_api(files, tmp_path, capsys):
+def test_one_pair_writes_every_output_and_matches_the_python_api(files, tmp_path, capsys, fast_engine):
     root, fixed_pts, moving_pts = files
     out = tmp_path / "out"
     assert (
@@ -86,7 +86,7 @@ def test_one_pair_writes_every_output_and_matches_the_python_api(files, tmp_path
     assert np.allclose(json.loads((out / "transform.json").read_text())["pixel"]["matrix"], reg.affine, atol=1e-9)
 
 
-def test_pixel_size_flags_stand_in_for_missing_metadata(files, tmp_path):
+def test_pixel_size_flags_stand_in_for_missing_metadata(files, tmp_path, fast_engine):
     root, fixed_pts, moving_pts = files
     for name in ("shg.tif", "bright field.tif"):  # the same pixels without metadata
         tifffile.imwrite(tmp_path / name, tifffile.imread(root / name), photometric="rgb" if "bright" in name else None)
@@ -96,7 +96,7 @@ def test_pixel_size_flags_stand_in_for_missing_metadata(files, tmp_path):
     assert _tre_through_tfm(out, tmp_path / "shg.tif", tmp_path / "bright field.tif", fixed_pts, moving_pts) < 0.5
 
 
-def test_pairs_csv_batch_isolates_failures_resumes_and_shards(files, tmp_path):
+def test_pairs_csv_batch_isolates_failures_resumes_and_shards(files, tmp_path, fast_engine):
     root, fixed_pts, moving_pts = files
     csv = tmp_path / "pairs.csv"
     pd.DataFrame(

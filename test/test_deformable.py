@@ -11,8 +11,8 @@ from fide import geometry
 from fide.config import DeformableConfig
 from fide.features import kmeans_labels
 from fide.optimise.deformable import _diffusion, optimise_deformable
-from fide.optimise.instance import make_working_pair
 from fide.preprocess import prepare_pair
+from fide.preprocess.working import make_working_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

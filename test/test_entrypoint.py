@@ -62,7 +62,7 @@ def _fast(monkeypatch, entrypoint, stages="prealign"):
     monkeypatch.setattr(entrypoint, "FideConfig", make)
 
 
-def test_fills_the_output_and_never_writes_under_the_input(entrypoint, layout, monkeypatch):
+def test_fills_the_output_and_never_writes_under_the_input(entrypoint, layout, monkeypatch, fast_engine):
     input_dir, output_dir = layout
     _fast(monkeypatch, entrypoint)
     before = _snapshot(input_dir)
@@ -75,7 +75,7 @@ def test_fills_the_output_and_never_writes_under_the_input(entrypoint, layout, m
     assert len(table) == 2 and set(table["status"]) <= {"ok", "flagged"}
 
 
-def test_a_corrupt_image_fails_its_pair_only_and_exit_stays_0(entrypoint, template, tmp_path, monkeypatch):
+def test_a_corrupt_image_fails_its_pair_only_and_exit_stays_0(entrypoint, template, tmp_path, monkeypatch, fast_engine):
     _fast(monkeypatch, entrypoint)
     source = shutil.copytree(template, tmp_path / "source")
     broken = sorted((source / "imagesTr").glob("*_0002_0001.nii.gz"))[0]
@@ -111,7 +111,7 @@ def test_output_under_the_input_is_refused(entrypoint, layout):
     assert entrypoint.main(["--input", str(input_dir), "--output", str(input_dir / "out")]) == 2
 
 
-def test_shard_passthrough_writes_its_own_table(entrypoint, layout, monkeypatch):
+def test_shard_passthrough_writes_its_own_table(entrypoint, layout, monkeypatch, fast_engine):
     input_dir, output_dir = layout
     _fast(monkeypatch, entrypoint)
     args = ["--input", str(input_dir), "--output", str(output_dir), "--device", "cpu", "--shard", "1/2"]
@@ -127,7 +127,7 @@ def test_read_only_input_really_is_read_only(layout):
         (input_dir / "probe").touch()
 
 
-def test_threads_follow_the_container_quota_unless_given(entrypoint, layout, monkeypatch):
+def test_threads_follow_the_container_quota_unless_given(entrypoint, layout, monkeypatch, fast_engine):
     """The entry point sizes torch's threads from the cores it may use (cgroup quota), or from --threads."""
     import fide.resources as resources
 

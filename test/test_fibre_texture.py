@@ -2,22 +2,23 @@
 
 import pytest
 import torch
-from conftest import SPARSE_SIZE, similarity, sparse_fibre_config
+from conftest import SPARSE_SIZE, similarity
 
 from fide import geometry
 from fide.prealign import fibre_texture
 from fide.prealign.fibre_match import band_pass, collagen_patches
 
 SIZE = SPARSE_SIZE
-SMALL = sparse_fibre_config()
+# every test here runs with the fibre constants of the sparse test texture (conftest.sparse_fibres)
+pytestmark = pytest.mark.usefixtures("sparse_fibres")
 
 
 def test_texture_score_is_high_at_the_truth_only(sparse_pair):
     fixed, moving, truth = sparse_pair
-    at_truth = fibre_texture.texture_score(fixed, moving, truth, SMALL)
+    at_truth = fibre_texture.texture_score(fixed, moving, truth)
     off = truth @ similarity(8.0, 1.0, SIZE)
     assert at_truth > 0.8
-    assert fibre_texture.texture_score(fixed, moving, off, SMALL) < 0.5 * at_truth
+    assert fibre_texture.texture_score(fixed, moving, off) < 0.5 * at_truth
 
 
 @pytest.mark.parametrize("fit", ["refine", "polish"])
@@ -40,7 +41,7 @@ def test_texture_fits_remove_a_small_error(sparse_pair, fit):
 
 def test_texture_contrast_is_a_peak_at_the_truth_only(sparse_pair):
     fixed, moving, truth = sparse_pair
-    texture = fibre_texture.FibreTexture(fixed, moving, SMALL)
+    texture = fibre_texture.FibreTexture(fixed, moving)
     assert texture.has_patches
     at_truth = texture.contrast(truth, shift_px=30.0)
     assert at_truth > 0.5
@@ -49,7 +50,7 @@ def test_texture_contrast_is_a_peak_at_the_truth_only(sparse_pair):
 
 def test_texture_scores_in_chunks_equal_one_pass(sparse_pair, monkeypatch):
     fixed, moving, truth = sparse_pair
-    texture = fibre_texture.FibreTexture(fixed, moving, SMALL)
+    texture = fibre_texture.FibreTexture(fixed, moving)
     poses = torch.stack([truth, truth @ similarity(8.0, 1.0, SIZE), truth @ similarity(-3.0, 1.02, SIZE)])
     together = texture.scores(poses)
     monkeypatch.setattr(fibre_texture, "_SCORE_POINTS", 1)  # one pose per chunk

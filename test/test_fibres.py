@@ -1,28 +1,28 @@
 """The fibre fallback (fide/prealign/fibres.py) on a nearly empty SHG: a few textured patches, nothing else."""
 
-import dataclasses
-
 import pytest
 import torch
-from conftest import FAST_CONFIG, SPARSE_SIZE, fibre_texture, similarity, sparse_fibre_config
+from conftest import FAST_CONFIG, SPARSE_SIZE, fibre_texture, similarity
 
 from fide import geometry
-from fide.config import FibreConfig, config_from_dict
+from fide.config import config_from_dict
 from fide.pipeline import register_pair
 from fide.prealign import fibres
 from fide.prealign.fibre_match import similarity_grid
+from fide.prealign.fibre_texture import TEXTURE_PATCHES
 from fide.preprocess.intensity import HE_STAINS
 
 SIZE = SPARSE_SIZE
-SMALL = sparse_fibre_config()
+# every test here runs with the fibre constants of the sparse test texture (conftest.sparse_fibres)
+pytestmark = pytest.mark.usefixtures("sparse_fibres")
 
 
 def test_fibre_search_finds_a_150_degree_turn_from_patches_alone(sparse_pair):
     fixed, moving, truth = sparse_pair
     off = truth @ similarity(8.0, 1.0, SIZE)
-    match = fibres.fibre_search(fixed, moving, SMALL, scale_range=(0.9, 1.25), current=off)
+    match = fibres.fibre_search(fixed, moving, scale_range=(0.9, 1.25), current=off)
     assert match is not None
-    assert match.current_score == fibres.texture_score(fixed, moving, off, SMALL)  # scored on the same level
+    assert match.current_score == fibres.texture_score(fixed, moving, off)  # scored on the same level
     points = torch.tensor([[40.0, 40.0], [160.0, 60.0], [100.0, 100.0], [60.0, 160.0], [150.0, 150.0]])
     error = geometry.apply_affine_to_points(match.affine, points) - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).max()) < 1.0, match.affine
@@ -32,32 +32,30 @@ def test_fibre_search_finds_a_150_degree_turn_from_patches_alone(sparse_pair):
 def test_an_unconfirmed_vote_gives_no_match(sparse_pair):
     """Patches of one texture against an unrelated texture: whatever wins the vote, the patches do not agree."""
     fixed, _, _ = sparse_pair
-    assert fibres.fibre_search(fixed, fibre_texture(SIZE, seed=9), SMALL, scale_range=(0.9, 1.25)) is None
+    assert fibres.fibre_search(fixed, fibre_texture(SIZE, seed=9), scale_range=(0.9, 1.25)) is None
 
 
 def test_fewer_than_two_patches_give_no_match():
     fixed = torch.zeros(1, 1, SIZE, SIZE)
     fixed[0, 0, 90:110, 90:110] = fibre_texture(20, seed=1)[0, 0] + 0.5
-    assert fibres.fibre_search(fixed, fibre_texture(SIZE, seed=2), SMALL, scale_range=(0.9, 1.1)) is None
+    assert fibres.fibre_search(fixed, fibre_texture(SIZE, seed=2), scale_range=(0.9, 1.1)) is None
 
 
 @pytest.mark.parametrize(
     "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 )
-def test_fallback_in_register_pair_recovers_an_empty_core(sparse_pair, device):
+def test_fallback_in_register_pair_recovers_an_empty_core(sparse_pair, device, fast_engine):
     """End to end: SHG of patches only, bright field from the same texture as eosin; the fallback is forced."""
     fixed, moving, truth = sparse_pair
     eosin = HE_STAINS[1] / HE_STAINS[1].norm()
     concentration = 0.15 + 0.6 * moving[0]  # (1, H, W): stroma stained everywhere, fibres darker
     rgb = 240 * torch.pow(10, -eosin.view(3, 1, 1) * concentration)
     shg = 1 + 120 * fixed[0]
-    values = {**FAST_CONFIG, "optimise": {**FAST_CONFIG["optimise"], "quality_flag_below": 1.0}}
-    values["fibres"] = {**SMALL.__dict__, "band_px": list(SMALL.band_px), "final_band_px": list(SMALL.final_band_px)}
-    values["fibres"]["verify_below"] = 1.0  # every pose doubtful: the search runs, and only its grid can answer
+    values = {**FAST_CONFIG, "confidence": {"flag_below": 1.01}}  # every pose doubtful: the fallback runs
     result = register_pair(shg, rgb, config_from_dict(values), device=device)
     assert result.disp.device.type == device
-    assert "fibres" in result.stage_affines and "fibres" in result.seconds
-    assert len(result.notes) == 1 and result.notes[0].startswith("fibre fallback kept: texture NCC")
+    assert "fibres" in result.seconds
+    assert len(result.notes) == 1 and result.notes[0].startswith("fibre fallback kept: texture contrast")
     points = torch.tensor([[60.0, 60.0], [140.0, 140.0], [100.0, 100.0]])
     error = geometry.map_points(points, result.disp.cpu()) - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).max()) < 1.5
@@ -73,19 +71,19 @@ def test_a_true_hypothesis_is_confirmed_without_the_grid(sparse_pair):
     fixed, moving, truth = sparse_pair
     near = truth @ similarity(3.0, 1.0, SIZE, shift=(2.0, -1.0))
     wrong = [truth @ similarity(angle, 1.0, SIZE) for angle in (60.0, -100.0)]
-    match = fibres.fibre_search(fixed, moving, SMALL, (0.9, 1.25), hypotheses=[*wrong, near], grid=False)
+    match = fibres.fibre_search(fixed, moving, (0.9, 1.25), hypotheses=[*wrong, near], grid=False)
     assert match is not None and match.grid_score != match.grid_score  # NaN: no grid was searched
     points = torch.tensor([[40.0, 40.0], [160.0, 60.0], [100.0, 100.0], [60.0, 160.0]])
     error = geometry.apply_affine_to_points(match.affine, points) - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).max()) < 1.0
-    assert fibres.fibre_search(fixed, moving, SMALL, (0.9, 1.25), hypotheses=wrong, grid=False) is None
+    assert fibres.fibre_search(fixed, moving, (0.9, 1.25), hypotheses=wrong, grid=False) is None
 
 
 def test_the_grid_holds_mirrored_poses_only_when_asked(sparse_pair):
     fixed, moving, truth = sparse_pair
     mirrored = geometry.warp(moving, geometry.affine_to_disp(_flip_j(SIZE)[None], (SIZE, SIZE)))
-    assert fibres.fibre_search(fixed, mirrored, SMALL, (0.9, 1.25)) is None  # unmirrored grid: nothing agrees
-    match = fibres.fibre_search(fixed, mirrored, SMALL, (0.9, 1.25), mirrors=(False, True))
+    assert fibres.fibre_search(fixed, mirrored, (0.9, 1.25)) is None  # unmirrored grid: nothing agrees
+    match = fibres.fibre_search(fixed, mirrored, (0.9, 1.25), mirrors=(False, True))
     assert match is not None and float(torch.linalg.det(match.affine[:2, :2])) < 0
     expected = _flip_j(SIZE) @ truth  # fixed → original moving → mirrored moving
     points = torch.tensor([[60.0, 60.0], [140.0, 140.0], [100.0, 100.0]])
@@ -93,20 +91,20 @@ def test_the_grid_holds_mirrored_poses_only_when_asked(sparse_pair):
     assert float(error.norm(dim=1).max()) < 1.0
 
 
-def test_grid_shells_put_likely_scales_first_unmirrored_before_mirrored():
+def test_grid_shells_hold_the_likely_scales_only_unmirrored_before_mirrored():
+    """The fallback's time bound: two shells at the nominal scales, every other scale left to the global search."""
     from fide.prealign.fibre_match import similarity_grid
 
     linear = similarity_grid(0.8, 1.25, 30.0, 0.06, mirrors=(False, True))
     shells = fibres._grid_shells(linear, (0.9, 1.1))
-    assert sum(len(shell) for shell in shells) == len(linear)
+    scale = torch.linalg.det(linear).abs().sqrt()
+    likely = (scale >= 0.9 - 1e-6) & (scale <= 1.1 + 1e-6)
+    assert len(shells) == 2 and sum(len(shell) for shell in shells) == int(likely.sum()) < len(linear)
     dets = [torch.linalg.det(shell) for shell in shells]
-    scales = [det.abs().sqrt() for det in dets]
-    assert bool((dets[0] > 0).all() and (dets[1] < 0).all() and (dets[2] > 0).all() and (dets[3] < 0).all())
-    for likely in scales[:2]:
-        assert bool(((likely >= 0.9 - 1e-6) & (likely <= 1.1 + 1e-6)).all())
-    for other in scales[2:]:
-        assert bool(((other < 0.9) | (other > 1.1)).all())
-    assert len(fibres._grid_shells(linear[torch.linalg.det(linear) > 0], (0.9, 1.1))) == 2  # no empty shells
+    assert bool((dets[0] > 0).all() and (dets[1] < 0).all())
+    for det in dets:
+        assert bool(((det.abs().sqrt() >= 0.9 - 1e-6) & (det.abs().sqrt() <= 1.1 + 1e-6)).all())
+    assert len(fibres._grid_shells(linear[torch.linalg.det(linear) > 0], (0.9, 1.1))) == 1  # no empty shells
 
 
 def test_the_grid_stops_at_the_first_shell_that_confirms_a_pose(sparse_pair, monkeypatch):
@@ -120,27 +118,27 @@ def test_the_grid_stops_at_the_first_shell_that_confirms_a_pose(sparse_pair, mon
         return original(level, linear, *args)
 
     monkeypatch.setattr(fibres, "_best_poses", spy)
-    match = fibres.fibre_search(fixed, moving, SMALL, (0.9, 1.25), mirrors=(False, True))
-    assert match is not None and match.texture_score >= SMALL.verify_below
+    match = fibres.fibre_search(fixed, moving, (0.9, 1.25), mirrors=(False, True))
+    assert match is not None and match.texture_score >= fibres.VERIFY_BELOW
     assert searched and not any(searched)
 
 
 def test_hypotheses_that_land_every_patch_together_are_checked_once(sparse_pair):
     fixed, moving, truth = sparse_pair
-    level = fibres.texture_level(fixed, moving, SIZE, SMALL.band_px, SMALL.refine_patches, SMALL)
+    level = fibres.texture_level(fixed, moving, SIZE, fibres.GRID_BAND_PX, TEXTURE_PATCHES)
     nudged = truth.clone()
     nudged[:2, 2] += 0.5  # half a pixel: the same pose for the patches
     turned = truth @ similarity(20.0, 1.0, SIZE)
-    kept = fibres._distinct_poses([truth, nudged, turned], level, SMALL.locate_window_px / 3)
+    kept = fibres._distinct_poses([truth, nudged, turned], level, fibres.LOCATE_WINDOW_PX / 3)
     assert len(kept) == 2 and kept[0] is truth and kept[1] is turned
 
 
 def test_grid_candidates_come_from_every_vote_without_repeats(sparse_pair):
     fixed, moving, truth = sparse_pair
-    level = fibres.texture_level(fixed, moving, SIZE, SMALL.band_px, SMALL.patches, SMALL)
+    level = fibres.texture_level(fixed, moving, SIZE, fibres.GRID_BAND_PX, fibres.GRID_PATCHES)
     linear = similarity_grid(0.9, 1.1, 12.0, 0.1, (False,), 180.0)
-    one, _ = fibres._best_poses(level, linear, 16, SMALL.pool_px, 3, ("median",))
-    both, _ = fibres._best_poses(level, linear, 16, SMALL.pool_px, 3, ("median", "mean"))
+    one, _ = fibres._best_poses(level, linear, 16, fibres.POOL_PX, 3, ("median",))
+    both, _ = fibres._best_poses(level, linear, 16, fibres.POOL_PX, 3, ("median", "mean"))
     assert 3 <= len(both) <= 6 and torch.equal(both[0][1], one[0][1])  # the first vote's best comes first
     landed = [geometry.apply_affine_to_points(affine, torch.zeros(1, 2))[0] for _, affine in both]
     for i in range(len(both)):
@@ -148,25 +146,25 @@ def test_grid_candidates_come_from_every_vote_without_repeats(sparse_pair):
             same_linear = torch.allclose(both[i][1][:2, :2], both[j][1][:2, :2])
             assert not (same_linear and float((landed[i] - landed[j]).norm()) < 1e-3)
     with pytest.raises(ValueError, match="votes"):
-        FibreConfig(votes=("max",))
+        fibres._best_poses(level, linear, 16, fibres.POOL_PX, 3, ("max",))
 
 
 def test_texture_fits_run_only_where_they_can_still_matter(sparse_pair, monkeypatch):
     """A pose already at the verify bar skips the fine-level fit; a wrong pose stops after it."""
     fixed, moving, truth = sparse_pair
     # the toy texture's wrong poses fit to ~0.2 (few patch pixels): a bar the true pose (0.93) still passes
-    cfg = dataclasses.replace(SMALL, verify_below=0.6)
-    fine = fibres.texture_level(fixed, moving, cfg.refine_size_px, cfg.band_px, cfg.refine_patches, cfg)
-    texture = fibres.FibreTexture(fixed, moving, cfg)
+    monkeypatch.setattr(fibres, "VERIFY_BELOW", 0.6)
+    fine = fibres.texture_level(fixed, moving, fibres.REFINE_SIZE_PX, fibres.GRID_BAND_PX, TEXTURE_PATCHES)
+    texture = fibres.FibreTexture(fixed, moving)
     calls = []
     fine_fit, full_fit = fibres.refine_on_patches, texture.refine
     monkeypatch.setattr(fibres, "refine_on_patches", lambda *args: calls.append("fine") or fine_fit(*args))
     monkeypatch.setattr(texture, "refine", lambda *args: calls.append("full") or full_fit(*args))
-    assert texture.score(truth) >= cfg.verify_below
-    _, score = fibres._fit_texture(fine, texture, truth, cfg)
+    assert texture.score(truth) >= fibres.VERIFY_BELOW
+    _, score = fibres._fit_texture(fine, texture, truth)
     assert calls == ["full"] and score >= texture.score(truth)
     calls.clear()
     wrong = truth @ similarity(70.0, 1.0, SIZE)
-    affine, score = fibres._fit_texture(fine, texture, wrong, cfg)
-    assert calls == ["fine"] and score < cfg.verify_below / 2
+    affine, score = fibres._fit_texture(fine, texture, wrong)
+    assert calls == ["fine"] and score < fibres.VERIFY_BELOW / 2
     assert score == pytest.approx(texture.score(affine), abs=1e-6)  # the score of the pose returned

@@ -9,8 +9,9 @@ from conftest import blob_pair, move, similarity
 from fide import geometry
 from fide.config import OptimiseConfig
 from fide.features import kmeans_labels
-from fide.optimise.instance import make_working_pair, optimise_affine
+from fide.optimise.instance import optimise_affine
 from fide.preprocess import prepare_pair
+from fide.preprocess.working import make_working_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -87,7 +87,7 @@ def test_recorder_draws_failed_pairs_from_the_written_field(task, tmp_path):
     assert "RuntimeError: boom" in (tmp_path / "out/qc/index.html").read_text()
 
 
-def test_register_qc_end_to_end(task, tmp_path):
+def test_register_qc_end_to_end(task, tmp_path, fast_engine):
     """A real (fast) registration with --qc, beside a pair whose moving image is missing."""
     import shutil
 

@@ -8,6 +8,7 @@ from fide import geometry
 from fide.config import SearchConfig
 from fide.features import one_hot_labels
 from fide.pipeline import _centroid
+from fide.prealign import search
 from fide.prealign.search import cross_mutual_information, search_similarity
 from fide.preprocess import prepare_pair
 
@@ -23,7 +24,7 @@ def test_search_recovers_rotation_scale_and_shift(pair128, angle, scale):
     shg, bf = pair128
     truth = similarity(angle, scale, 128, shift=(6.0, -4.0))
     (fixed_colour, moving_colour), centres = _prepared(shg, move(bf, truth, fill=242.0))
-    cfg = SearchConfig(size_px=64, refine_size_px=128, angle_step_deg=6.0, scale_min=0.8, scale_max=1.25, top_k=2)
+    cfg = SearchConfig(size_px=64, angle_step_deg=6.0, scale_min=0.8, scale_max=1.25, top_k=2)
     best = search_similarity(fixed_colour, moving_colour, centres, cfg)[0]
     points = geometry.identity_grid((128, 128))[:, 24:-24:8, 24:-24:8].reshape(2, -1).T
     error = geometry.apply_affine_to_points(best.affine, points) - geometry.apply_affine_to_points(truth, points)
@@ -50,7 +51,7 @@ def test_correlation_criterion_on_comparable_maps_ranks_the_truth_first(pair128)
     # an idealised shared representation: the fixed SHG itself, carried into the moving frame
     fixed_map = prepared_fixed.intensity
     moving_map = move(fixed_map[0], truth, fill=0.0)[None]
-    cfg = SearchConfig(size_px=64, refine_size_px=128, scale_min=0.8, scale_max=1.25, top_k=2)
+    cfg = SearchConfig(size_px=64, scale_min=0.8, scale_max=1.25, top_k=2)
     centres = (_centroid(prepared_fixed.tissue), _centroid(prepared_moving.tissue))
     candidates = search_similarity(
         prepared_fixed.colour, prepared_moving.colour, centres, cfg, intensities=[(fixed_map, moving_map)]
@@ -91,7 +92,7 @@ def test_search_finds_a_mirrored_slide_under_auto_only(pair128):
     flip = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 127.0], [0.0, 0.0, 1.0]])
     truth = similarity(40.0, 1.0, 128, shift=(3.0, -2.0)) @ flip
     (fixed_colour, moving_colour), centres = _prepared(shg, move(bf, truth, fill=242.0))
-    cfg = SearchConfig(size_px=64, refine_size_px=128, scale_min=0.9, scale_max=1.1, scale_steps=3, top_k=2)
+    cfg = SearchConfig(size_px=64, scale_min=0.9, scale_max=1.1, scale_steps=3, top_k=2)
     points = geometry.identity_grid((128, 128))[:, 24:-24:8, 24:-24:8].reshape(2, -1).T
 
     def error(candidate):
@@ -110,49 +111,31 @@ def test_search_within_a_known_rotation_range(pair128):
     shg, bf = pair128
     truth = similarity(14.0, 1.0, 128, shift=(4.0, 2.0))
     (fixed_colour, moving_colour), centres = _prepared(shg, move(bf, truth, fill=242.0))
-    cfg = SearchConfig(
-        size_px=64, refine_size_px=128, scale_min=0.9, scale_max=1.1, scale_steps=3, max_rotation_deg=20.0
-    )
+    cfg = SearchConfig(size_px=64, scale_min=0.9, scale_max=1.1, scale_steps=3, max_rotation_deg=20.0)
     candidates = search_similarity(fixed_colour, moving_colour, centres, cfg)
-    assert all(abs(c.angle_deg) <= 20.0 + cfg.refine_angle_deg for c in candidates)
+    assert all(abs(c.angle_deg) <= 20.0 + search.REFINE_ANGLE_DEG for c in candidates)
     assert abs(candidates[0].angle_deg - 14.0) < 3.0
 
 
-def test_label_criterion_runs_only_where_the_correlation_criteria_disagree(pair128, monkeypatch):
-    """label_search "disagree" / "auto": two criteria agreeing on the best pose skip the label MI, a disagreeing one
-    does not; "auto" also skips it where the fibre texture judges the pose later, unless a lone correlation is left."""
-    import fide.prealign.search as search
-
+def test_label_criterion_always_runs_and_proposes_its_own_candidates(pair128, monkeypatch):
+    """Label MI recognises the coarse layout where no intensity relation holds: it runs even where both correlation
+    criteria agree on a pose (they can agree on a wrong one), and its candidates come after theirs."""
     shg, bf = pair128
     truth = similarity(-140.0, 1.05, 128, shift=(-5.0, 3.0))
     prepared_fixed, prepared_moving = prepare_pair(shg, move(bf, truth, fill=242.0))
     fixed_map = prepared_fixed.intensity
-    right = (fixed_map, move(fixed_map[0], truth, fill=0.0)[None])
     wrong = (fixed_map, move(fixed_map[0], similarity(60.0, 1.0, 128), fill=0.0)[None])
     centres = (_centroid(prepared_fixed.tissue), _centroid(prepared_moving.tissue))
     label_levels = []
     original = search._label_level
     monkeypatch.setattr(search, "_label_level", lambda *a, **k: label_levels.append(1) or original(*a, **k))
-
-    def run(maps, mode, texture_judges=False):
-        label_levels.clear()
-        cfg = SearchConfig(size_px=64, refine_size_px=128, scale_min=0.8, scale_max=1.25, top_k=2, label_search=mode)
-        search_similarity(
-            prepared_fixed.colour, prepared_moving.colour, centres, cfg, intensities=maps, texture_judges=texture_judges
-        )
-        return bool(label_levels)
-
-    for mode in ("auto", "disagree"):
-        assert not run([right, right], mode)
-        assert run([right, wrong], mode)
-        assert run([right], mode)  # a single correlation criterion has nothing to agree with
-    assert run([right, right], "always")
-    assert not run([right, wrong], "auto", texture_judges=True)
-    assert run([right, wrong], "disagree", texture_judges=True)
-    assert run([right, wrong], "always", texture_judges=True)
-    assert run([right], "auto", texture_judges=True)
-    with pytest.raises(ValueError, match="label_search"):
-        SearchConfig(label_search="sometimes")
+    cfg = SearchConfig(size_px=64, scale_min=0.8, scale_max=1.25, top_k=1)
+    candidates = search_similarity(
+        prepared_fixed.colour, prepared_moving.colour, centres, cfg, intensities=[wrong, wrong]
+    )
+    assert label_levels == [1, 1]  # the coarse and the refinement level
+    assert len(candidates) == 2 and abs(candidates[0].angle_deg - 60.0) < 5.0  # the agreeing (wrong) correlations
+    assert abs((candidates[1].angle_deg + 140.0 + 180) % 360 - 180) < 5.0  # the label MI finds the truth
 
 
 @pytest.mark.parametrize("size", [(40, 40), (36, 45)])

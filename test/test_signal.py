@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import blob_pair
 
-from fide.config import PreprocessConfig
 from fide.io import DatasetError
+from fide.preprocess import signal
 from fide.preprocess.signal import check_pair_signal, signal_problem
 from fide.synth import make_aligned_pair
 
@@ -65,13 +65,14 @@ def test_tissue_free_bright_field_is_refused(pair128):
         check_pair_signal(pair128[0], background, "f.nii.gz", "m.nii.gz")
 
 
-def test_too_small_images_are_refused():
+def test_too_small_images_are_refused(monkeypatch):
     fixed, moving = blob_pair(128)
     small = torch.nn.functional.interpolate(moving[None], size=(8, 8), mode="area")[0]
     assert signal_problem(small) == "image is 8 x 8 px, smaller than the minimum 16 px per side"
     thin = torch.nn.functional.interpolate(fixed[None], size=(12, 128), mode="area")[0]
     assert signal_problem(thin) == "image is 12 x 128 px, smaller than the minimum 16 px per side"
-    assert signal_problem(small, PreprocessConfig(min_side_px=8)) is None
+    monkeypatch.setattr(signal, "MIN_SIDE_PX", 8)
+    assert signal_problem(small) is None
 
 
 def test_large_images_are_judged_on_a_pooled_copy():

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 from fake_cuda import FakeCuda, without_gpu
 
-from fide.config import EncoderConfig, TrainConfig
+from fide.config import TrainConfig
 from fide.features.encoders import load_checkpoint, load_encoders
 from fide.io import load_dataset
 from fide.train import (
@@ -26,7 +26,7 @@ from fide.train import (
     train,
 )
 
-_TINY = EncoderConfig(out_channels=1, unet_features=(4, 4, 8, 8, 8, 4), size_px=64)
+_TINY = {"out_channels": 1, "features": (4, 4, 8, 8, 8, 4), "size_px": 64}  # a new network for train()
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -149,7 +149,7 @@ def test_a_few_steps_lower_the_loss(task: Path) -> None:
     score = bnce_validator(pairs, cfg)
     from fide.features.encoders import ModalityEncoders
 
-    encoders = ModalityEncoders(1, _TINY.unet_features, 32)
+    encoders = ModalityEncoders(1, _TINY["features"], 32)
     before = score(encoders)["score"]
     optimizer = torch.optim.Adam(encoders.parameters(), lr=3e-3)
     from fide.losses import BatchNCELoss
@@ -184,7 +184,7 @@ def test_train_max_steps_resume_and_checkpoints(task: Path, tmp_path: Path) -> N
     best = load_checkpoint(out)["training"]
     assert best["validation"] == "val_bnce" and best["step"] in (2, 3, 4)
     encoders = load_encoders(out)
-    assert encoders.hparams["size_px"] == _TINY.size_px
+    assert encoders.hparams["size_px"] == _TINY["size_px"]
 
 
 @without_gpu
@@ -234,7 +234,7 @@ def test_prealign_validator_scores_landmark_error(task: Path) -> None:
     from fide.features.encoders import ModalityEncoders
 
     validator = prealign_tre_validator(pairs)
-    figures = validator(ModalityEncoders(1, _TINY.unet_features, 64))
+    figures = validator(ModalityEncoders(1, _TINY["features"], 64))
     assert math.isfinite(figures["score"]) and figures["score"] == figures["tre_px"]
     assert figures["score"] < 2 * math.hypot(3, 2) + 1  # sane: about the true shift at most, not garbage
 

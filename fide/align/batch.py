@@ -83,6 +83,7 @@ def as_result(reg: Registration) -> RegistrationResult:
         confidence_basis=reg.confidence_basis,
         mirrored=reg.mirrored,
         scores=dict(reg.scores),
+        flag_reason=reg.flag_reason,
     )
 
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from tqdm import tqdm
 
 import fide
 from fide import geometry
@@ -32,8 +31,11 @@ from fide.geometry import PhysicalFrame
 from fide.io import atomic_path, write_disp
 from fide.io.microscopy import write_warped_sitk, write_warped_tiff
 
-from .registration import PixelMap, Registration
+from .resample import PixelMap, cast_pixels, iter_warped_bands, warp_array, without_alpha
 from .source import ImageSource
+
+if TYPE_CHECKING:  # annotations only: Registration.save calls this module, so it never imports it back
+    from .registration import Registration
 
 __all__ = ["save", "warp_array", "iter_warped_bands", "physical_transform", "transform_description", "OUTPUT_NAMES"]
 
@@ -41,79 +43,13 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ("transform.tfm", "transform.json", "qc.png")  # plus disp.nii.gz and the warped images
 _BAND_ROWS = 256  # rows per band (and TIFF strip) of the streamed resampling
-_TILE_PX = 1024  # columns per tile within a band: a rotated tile's source box stays small
 _DISP_MAX_PX = 4096 * 4096  # largest fixed image that gets a dense disp.nii.gz (128 MiB)
 _TFM_FIELD_PX = 256
 
 
-def _colour(array: np.ndarray) -> np.ndarray:
-    """(X, Y, C) without its alpha channel (grey + alpha → grey, RGBA → RGB)."""
-    return array[..., :-1] if array.shape[2] in (2, 4) else array
-
-
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
-
-
-def _warp_tile(
-    source: torch.Tensor, mapping: PixelMap, origin: tuple[int, int], shape: tuple[int, int]
-) -> torch.Tensor:
-    """Resample a (C, Xs, Ys) source on target pixels ``origin + [0, shape)``: (C, *shape) float32, 0 outside.
-
-    Only the source box the tile maps into is converted to float: the source stays in its own dtype.
-    """
-    grid = geometry.identity_grid(shape, like=torch.zeros((), dtype=torch.float64))
-    points = grid.reshape(2, -1).T + torch.tensor(origin, dtype=torch.float64)
-    moved = mapping(points)  # (N, 2) source pixels
-    low = torch.floor(moved.min(0).values).clamp(min=0).long()
-    high = torch.ceil(moved.max(0).values).long() + 1
-    high = torch.minimum(high, torch.tensor(source.shape[1:]))
-    if bool((high - low < 1).any()):  # the whole tile maps outside the source
-        return torch.zeros(source.shape[0], *shape)
-    crop = source[:, low[0] : high[0], low[1] : high[1]].float()
-    disp = (moved - low.to(moved)).T.reshape(1, 2, *shape) - grid[None]
-    return geometry.warp(crop[None], disp.float())[0]
-
-
-def iter_warped_bands(
-    source: np.ndarray, mapping: PixelMap, target_shape: tuple[int, int], rows: int | None = None, progress: str = ""
-) -> Iterator[np.ndarray]:
-    """Bands of the resampled image, top to bottom: each (rows, X, C) in (row, column, sample) order, source dtype.
-
-    Args:
-        source: (Xs, Ys, C) source pixels (alpha already removed).
-        mapping: target full-resolution pixels (x, y) to source pixels.
-        target_shape: (X, Y) of the target grid.
-        rows: rows per band (``_BAND_ROWS`` when None).
-        progress: label of a progress bar over the bands (none when empty).
-    """
-    width, height = target_shape
-    rows = rows or _BAND_ROWS
-    tensor = torch.from_numpy(source).permute(2, 0, 1)  # (C, Xs, Ys) view of the source, no copy
-    starts = range(0, height, rows)
-    for y0 in tqdm(starts, desc=progress, unit="band", disable=None if progress else True, leave=False):
-        band_rows = min(rows, height - y0)
-        band = np.empty((band_rows, width, source.shape[2]), dtype=source.dtype)
-        for x0 in range(0, width, _TILE_PX):
-            cols = min(_TILE_PX, width - x0)
-            tile = _warp_tile(tensor, mapping, (x0, y0), (cols, band_rows))
-            band[:, x0 : x0 + cols] = _cast(tile.permute(2, 1, 0).numpy(), source.dtype)
-        yield band
-
-
-def warp_array(source: np.ndarray, mapping: PixelMap, target_shape: tuple[int, int]) -> np.ndarray:
-    """The resampled image in memory: (X, Y, C) of ``target_shape``, source dtype (alpha removed)."""
-    colour = _colour(source)
-    bands = list(iter_warped_bands(colour, mapping, target_shape))
-    return np.transpose(np.concatenate(bands, axis=0), (1, 0, 2))
-
-
 def _write_warped(path: Path, source: ImageSource, mapping: PixelMap, target: ImageSource, label: str) -> Path:
     """Resample ``source`` onto ``target``'s full-resolution grid and write it in ``source``'s format family."""
-    colour = _colour(source.read(0))
+    colour = without_alpha(source.read(0))
     if source.info.family == ".ome.tif":
         bands = iter_warped_bands(colour, mapping, target.shape, rows=_BAND_ROWS, progress=label)
         return write_warped_tiff(
@@ -122,7 +58,7 @@ def _write_warped(path: Path, source: ImageSource, mapping: PixelMap, target: Im
     warped = np.transpose(np.concatenate(list(iter_warped_bands(colour, mapping, target.shape)), 0), (1, 0, 2))
     frame = target.info.frame
     if source.info.family == ".png" or source.info.family == ".jpg":
-        warped = _cast(warped, np.uint8) if warped.dtype not in (np.uint8, np.uint16) else warped
+        warped = cast_pixels(warped, np.uint8) if warped.dtype not in (np.uint8, np.uint16) else warped
         frame = None
     return write_warped_sitk(path, warped, frame)
 

@@ -19,10 +19,11 @@ import torch
 from fide import geometry
 from fide.config import REFERENCE_SIDE_PX, FideConfig, config_from_dict
 from fide.features import ModalityEncoders
-from fide.optimise.confidence import flag_reason
 from fide.pipeline import RegistrationResult, register_pair
+from fide.reproducibility import seed_everything
 from fide.warp_points import invert_points
 
+from .resample import PixelMap, warp_array
 from .source import ImageSource, WorkingImage, open_source, working_image
 
 __all__ = ["Registration", "PixelMap", "register", "register_sources", "working_shapes", "WORKING_PX"]
@@ -32,33 +33,6 @@ logger = logging.getLogger(__name__)
 WORKING_PX = REFERENCE_SIDE_PX  # fixed image's longest side during registration: the challenge's 834 px, where
 # every hyper-parameter was calibrated
 _FIELD_FLAT_PX = 1e-3  # a residual field below this everywhere is the affine itself
-
-
-@dataclass
-class PixelMap:
-    """A point map between full-resolution pixel grids: ``post(pre(p) + u(pre(p)))``, (x, y) order, float64.
-
-    Attributes:
-        pre: (3, 3) source full-resolution pixels to the field's grid (or straight to the target when no field).
-        field: (1, 2, h, w) displacement on that grid, its pixels, or None (an affine map).
-        post: (3, 3) the field's target grid to target full-resolution pixels.
-    """
-
-    pre: torch.Tensor
-    field: torch.Tensor | None = None
-    post: torch.Tensor = dataclasses.field(default_factory=lambda: torch.eye(3, dtype=torch.float64))
-
-    def __call__(self, points: torch.Tensor) -> torch.Tensor:
-        """(N, 2) source points, pixels, (x, y) → (N, 2) target points, float64."""
-        points = geometry.apply_affine_to_points(self.pre, points.to(torch.float64))
-        if self.field is not None:
-            points = geometry.map_points(points, self.field.to(torch.float64))
-        return geometry.apply_affine_to_points(self.post, points)
-
-    @property
-    def affine(self) -> torch.Tensor | None:
-        """The (3, 3) pixel affine when the map has no field."""
-        return self.post @ self.pre if self.field is None else None
 
 
 @dataclass
@@ -153,8 +127,6 @@ class Registration:
         Returns:
             (rows, columns[, channels]) array of the target grid, the input's dtype (rounded and clipped).
         """
-        from .export import warp_array  # the resampler lives with the writers that stream it
-
         source = self.fixed if inverse else self.moving
         if image is not None:
             source = open_source(image, None, "image")
@@ -172,7 +144,7 @@ class Registration:
     def save(self, folder: str | Path, *, inverse: bool = False, qc: bool = True) -> dict[str, Path]:
         """Write ``transform.tfm``, ``transform.json``, ``disp.nii.gz``, ``moving_warped.<ext>`` (and with
         ``inverse`` ``fixed_warped.<ext>``) and ``qc.png`` into ``folder``; see :func:`fide.align.export.save`."""
-        from .export import save
+        from .export import save  # the writers (SimpleITK, TIFF, matplotlib) only when saving
 
         return save(self, Path(folder), inverse=inverse, qc=qc)
 
@@ -228,7 +200,7 @@ def register_sources(
     residual = disp - geometry.affine_to_disp(affine_w[None].float(), disp.shape[2:])
     deformable = bool(residual.abs().max() > _FIELD_FLAT_PX)
     quality = float(result.quality)
-    reason = flag_reason(result.confidence, result.confidence_basis, result.scores, cfg.confidence)
+    reason = result.flag_reason
     return Registration(
         fixed,
         moving,
@@ -288,8 +260,6 @@ def register(
     cfg = cfg or FideConfig()
     if seed is not None:
         cfg.seed = seed
-    from fide.cli._common import seed_everything
-
     seed_everything(cfg.seed)
     if isinstance(encoders, str):
         from fide.features.select import resolve_encoders

@@ -42,7 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="core",
         choices=sorted(REGIMES),
         help="how the bright field is moved, cut and exported: whole cores (core), the challenge's centre patches "
-        "(patch20, patch180), harder affines with lab exports (hard), mirrored slides (mirror); see docs/synth.md",
+        "(patch20, patch180), harder affines with lab exports (hard), mirrored slides (mirror), SHG texture "
+        "independent of the bright field's under a shared coarse layout (decoupled, decoupled-patch20); see "
+        "docs/synth.md",
     )
     parser.set_defaults(run=run)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from fide.config import EncoderConfig, TrainConfig
+from fide.config import TrainConfig
+from fide.features.encoders import OUT_CHANNELS, WORKING_SIZE_PX
 
 from ._common import add_device_arguments, seed_everything, select_device
 
@@ -21,7 +22,7 @@ logger = logging.getLogger("fide")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    defaults, encoder = TrainConfig(), EncoderConfig()
+    defaults = TrainConfig()
     parser = subparsers.add_parser("train", help="train the learned SHG / bright-field encoders (B-NCE)")
     parser.add_argument("dataset", type=Path, help="<TASK>_dataset.json with training_paired_images")
     parser.add_argument("--out", type=Path, required=True, help="best encoders, e.g. weights/NAME.pt")
@@ -31,8 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="Adam learning rate")
     parser.add_argument("--critic", choices=["l1", "l2", "cosine"], default=defaults.critic, help="B-NCE critic")
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="B-NCE temperature")
-    parser.add_argument("--size", type=int, default=encoder.size_px, help="encoders' working size (longest side)")
-    parser.add_argument("--channels", type=int, default=encoder.out_channels, help="D, representation channels")
+    parser.add_argument("--size", type=int, default=WORKING_SIZE_PX, help="encoders' working size (longest side)")
+    parser.add_argument("--channels", type=int, default=OUT_CHANNELS, help="D, representation channels")
     parser.add_argument(
         "--validation",
         choices=["auto", "prealign", "bnce"],
@@ -61,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
         val_pairs=args.val_pairs,
         seed=args.seed,
     )
-    encoder = EncoderConfig(out_channels=args.channels, size_px=args.size)
+    network = {"out_channels": args.channels, "size_px": args.size}
     seed_everything(args.seed)
     device = select_device(args.device)
     result = train(
-        args.dataset, args.out, cfg, encoder, device=device, resume=args.resume, progress=not args.no_progress
+        args.dataset, args.out, cfg, network, device=device, resume=args.resume, progress=not args.no_progress
     )
     logger.info(
         "%d steps, %d epochs in %.0f s; best %s %.4f -> %s (state: %s)",

@@ -52,6 +52,13 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "fide_encode
 _DIVISOR = 16
 _CHECKPOINT_FORMAT = 1
 
+# the architecture of a new network (fide train); a checkpoint stores its own, which is what the pipeline loads
+OUT_CHANNELS = 1  # paper: 1 channel
+# fide: MONAI BasicUNet widths (5 encoder levels + the last decoder level); ~0.17 M parameters per network,
+# ~0.3 s per 256^2 image on one CPU core (the paper's Tiramisu is ~10x slower)
+UNET_FEATURES = (16, 16, 32, 32, 64, 16)
+WORKING_SIZE_PX = 256  # fide: longest side of the fixed image the encoders see, = the pipeline's working size
+
 
 def _unet(in_channels: int, out_channels: int, features: Sequence[int]) -> BasicUNet:
     return BasicUNet(
@@ -86,7 +93,10 @@ class ModalityEncoders(nn.Module):
     """
 
     def __init__(
-        self, out_channels: int = 1, features: Sequence[int] = (16, 16, 32, 32, 64, 16), size_px: int = 256
+        self,
+        out_channels: int = OUT_CHANNELS,
+        features: Sequence[int] = UNET_FEATURES,
+        size_px: int = WORKING_SIZE_PX,
     ) -> None:
         super().__init__()
         if int(out_channels) < 1:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kmeans_labels", "one_hot_labels"]
+__all__ = ["KMEANS_ITERATIONS", "kmeans_labels", "one_hot_labels"]
+
+KMEANS_ITERATIONS = 20  # code: Lloyd iterations of the k-means label maps
 
 
 def _init_centroids(samples: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -40,7 +42,7 @@ def kmeans_labels(
     image: torch.Tensor,
     k: int,
     *,
-    iterations: int = 20,
+    iterations: int = KMEANS_ITERATIONS,
     max_samples: int = 40_000,
     seed: int = 0,
 ) -> torch.Tensor:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["mind_ssc"]
+__all__ = ["MIND_RADIUS", "MIND_DILATION", "mind_ssc"]
+
+# convexAdam: MIND-SSC patch radius 1, neighbours at distance 2 (the handcrafted features of every stage)
+MIND_RADIUS = 1
+MIND_DILATION = 2
 
 # four neighbours at distance d; self-similarity is measured between pairs of them (not with the centre)
 _NEIGHBOURS = ((0, 1), (1, 0), (0, -1), (-1, 0))
@@ -19,7 +23,7 @@ def _shift(image: torch.Tensor, offset: tuple[int, int], pad: int) -> torch.Tens
     return padded[..., pad + di : pad + di + height, pad + dj : pad + dj + width]
 
 
-def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+def mind_ssc(image: torch.Tensor, radius: int = MIND_RADIUS, dilation: int = MIND_DILATION) -> torch.Tensor:
     """MIND with a self-similarity context in 2D: 6 channels, each a patch distance between two neighbours.
 
     The 3D MIND-SSC uses the 12 edges of the six-neighbourhood; in 2D the four-neighbourhood gives 4 edges plus the

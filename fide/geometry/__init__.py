@@ -50,6 +50,7 @@ __all__ = [
     "map_points",
     "sample_at",
     "apply_affine_to_points",
+    "same_pose",
     "resize_image",
     "downsample",
     "resize_disp",
@@ -253,6 +254,16 @@ def compose_affine(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
 def apply_affine_to_points(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Map points (N, 2) (or (B, N, 2)) in array order through a (3, 3) (or (B, 3, 3)) affine."""
     return points @ affine[..., :2, :2].transpose(-1, -2) + affine[..., None, :2, 2]
+
+
+def same_pose(a: torch.Tensor, b: torch.Tensor, shape: Sequence[int], tolerance: float) -> bool:
+    """Whether two (3, 3) fixed → moving affines map every corner of a fixed image of ``shape`` (H, W) within
+    ``tolerance`` x its longest side of each other: fide's one rule for "the same pose" (rotations, scales, shifts
+    and mirrors all show at the corners)."""
+    h, w = shape
+    corners = torch.tensor([[0.0, 0.0], [0.0, w - 1.0], [h - 1.0, 0.0], [h - 1.0, w - 1.0]], dtype=torch.float64)
+    first, second = (apply_affine_to_points(m.detach().to("cpu", torch.float64), corners) for m in (a, b))
+    return float((first - second).norm(dim=1).max()) <= tolerance * max(h, w)
 
 
 def map_points(points: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:

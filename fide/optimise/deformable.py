@@ -15,13 +15,16 @@ from monai.losses import DiffusionLoss
 
 from fide import geometry
 from fide.config import DeformableConfig
+from fide.preprocess.working import WorkingPair
 
-from .instance import WorkingPair
 from .losses import LabelNMILoss
 
 __all__ = ["optimise_deformable"]
 
 logger = logging.getLogger(__name__)
+
+NUM_LABELS = 8  # code: the k = 8 k-means label maps of the optimisation (OptimiseConfig.num_labels' default)
+LEARNING_RATE = 0.05  # fide: Adam step on the control grid, working pixels
 
 
 def _smooth(grid: torch.Tensor) -> torch.Tensor:
@@ -40,7 +43,7 @@ def optimise_deformable(
         pair: features at the working resolution.
         affine: (3, 3) full-resolution affine, fixed to moving, pixels.
         fixed_shape: full-resolution fixed grid (H, W) of the returned field.
-        cfg: grid spacing, iterations, learning rate, regulariser weight, residual bound.
+        cfg: similarity, grid spacing, iterations, regulariser weight, residual bound.
 
     Returns:
         (1, 2, H, W) full-resolution displacement, fixed to moving: ``u(p) = r(p) + A(p + r(p)) - (p + r(p))``;
@@ -51,9 +54,9 @@ def optimise_deformable(
     full_affine_disp = geometry.affine_to_disp(affine[None].to(pair.fixed_features), fixed_shape)
     grid_shape = tuple(max(2, n // cfg.grid_spacing_px) for n in pair.shape)
     control = pair.fixed_features.new_zeros(1, 2, *grid_shape).requires_grad_()
-    optimiser = torch.optim.Adam([control], lr=cfg.learning_rate)
+    optimiser = torch.optim.Adam([control], lr=LEARNING_RATE)
     regulariser = DiffusionLoss(normalize=False)
-    nmi = LabelNMILoss(cfg.num_labels)
+    nmi = LabelNMILoss(NUM_LABELS)
     fixed = pair.fixed_features
 
     def residual() -> torch.Tensor:

@@ -7,78 +7,19 @@ then normalised MI of k-means label maps inside the overlap. The best field seen
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 
 from fide import geometry
 from fide.config import OptimiseConfig
-from fide.preprocess import PreparedImage
+from fide.preprocess.working import WorkingPair
 
 from .editing import edit_with_affine
 from .losses import FixedImageLNCC, LabelNMILoss
 
-__all__ = ["WorkingPair", "make_working_pair", "optimise_affine", "label_nmi"]
+__all__ = ["optimise_affine", "label_nmi"]
 
-
-@dataclass
-class WorkingPair:
-    """Both images' inputs of the optimisation at one resolution (every tensor (1, C, h, w)).
-
-    ``moving_factors`` maps full-resolution moving pixels to this grid's moving pixels, ``fixed_factors`` the same
-    for the fixed image.
-    """
-
-    fixed_intensity: torch.Tensor
-    moving_intensity: torch.Tensor
-    fixed_features: torch.Tensor
-    moving_features: torch.Tensor
-    fixed_labels: torch.Tensor  # float label values
-    moving_labels: torch.Tensor
-    fidelity: torch.Tensor  # (1, 1, h, w) float weights
-    fixed_factors: tuple[float, float]
-    moving_factors: tuple[float, float]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.fixed_features.shape[-2:])  # type: ignore[return-value]
-
-
-def make_working_pair(
-    fixed: PreparedImage,
-    moving: PreparedImage,
-    fixed_labels: torch.Tensor,
-    moving_labels: torch.Tensor,
-    size_px: int,
-    features: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-) -> WorkingPair:
-    """Resize a prepared pair so the fixed image's longest side is ``size_px`` (never upsampled) and extract features.
-
-    Intensities are anti-aliased before ``features`` sees them; label maps take the nearest value and
-    the fidelity mask its area fraction, so they stay labels and weights.
-
-    Args:
-        fixed_labels, moving_labels: (1, 1, H, W) int label maps at full resolution.
-        features: maps (fixed intensity, moving intensity), each (1, 1, h, w) in [0, 1], to (1, D, h, w) features.
-    """
-    factor = min(1.0, size_px / max(fixed.shape))
-    fixed_shape = tuple(max(8, round(n * factor)) for n in fixed.shape)
-    moving_shape = tuple(max(8, round(n * factor)) for n in moving.shape)
-    fixed_intensity = geometry.downsample(fixed.intensity, fixed_shape)
-    moving_intensity = geometry.downsample(moving.intensity, moving_shape)
-    fixed_features, moving_features = features(fixed_intensity, moving_intensity)
-    return WorkingPair(
-        fixed_intensity,
-        moving_intensity,
-        fixed_features,
-        moving_features,
-        geometry.resize_image(fixed_labels.float(), fixed_shape, mode="nearest"),
-        geometry.resize_image(moving_labels.float(), moving_shape, mode="nearest"),
-        geometry.downsample(fixed.fidelity.float(), fixed_shape),
-        geometry.scale_factors(fixed.shape, fixed_shape),
-        geometry.scale_factors(moving.shape, moving_shape),
-    )
+LNCC_KERNEL = 9  # code: windows 19, 13, 9, 5, 3 over levels 832..52; 9 at 256^2 covers the same tissue
+LEVEL_WEIGHTS_BASE = 0.5  # code: level weights w_l = 1, 1/2, 1/4, ...
 
 
 def _pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
@@ -113,7 +54,7 @@ def optimise_affine(
     Args:
         pair: inputs at the working resolution (see :func:`make_working_pair`).
         init_affines: (B, 3, 3) or (3, 3) full-resolution affines, fixed to moving, pixels.
-        cfg: optimisation settings (iterations, LNCC window, level weights, alpha, learning rate).
+        cfg: optimisation settings (levels, iterations, alpha, learning rate, labels).
 
     Returns:
         (B, 3, 3) best full-resolution affines (the fidelity affine of each start's best field by working-level NMI)
@@ -139,9 +80,9 @@ class _Levels:
             geometry.resize_image(pair.moving_labels, m.shape[-2:], mode="nearest") for m in self.moving_feat
         ]
         self.fidelity = pair.fidelity
-        self.weights = [cfg.level_weights_base**k for k in range(levels)]
+        self.weights = [LEVEL_WEIGHTS_BASE**k for k in range(levels)]
         # against the fixed features of each level, for batches of any size; not built for NMI-only schedules
-        self.lncc = [FixedImageLNCC(f, cfg.lncc_kernel) for f in self.fixed_feat] if cfg.lncc_iterations else []
+        self.lncc = [FixedImageLNCC(f, LNCC_KERNEL) for f in self.fixed_feat] if cfg.lncc_iterations else []
 
     def disp(self, edited: torch.Tensor, k: int) -> torch.Tensor:
         """The level-0 displacement at level ``k`` (its grid and its moving pixels)."""

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from fide import geometry
-from fide.config import fibre_votes
 from fide.prealign.search import rotation_angles_deg
 from fide.preprocess.filters import gaussian_blur, gaussian_blurs, smooth_fft_length
 
 __all__ = [
+    "FIBRE_VOTES",
+    "fibre_votes",
     "Patch",
     "band_pass",
     "collagen_patches",
@@ -31,6 +32,21 @@ __all__ = [
     "patch_consensus",
     "locate_patches",
 ]
+
+
+# how the collagen patches' correlations can be combined into one vote (see :func:`patch_consensus`)
+FIBRE_VOTES = ("median", "mean")
+
+
+def fibre_votes(votes: Sequence[str]) -> tuple[str, ...]:
+    """``votes`` as a tuple, checked against :data:`FIBRE_VOTES`.
+
+    Raises:
+        ValueError: empty, or a vote that is not one of them.
+    """
+    if not votes or any(vote not in FIBRE_VOTES for vote in votes):
+        raise ValueError(f"votes must be a non-empty list of {list(FIBRE_VOTES)}, got {list(votes)}")
+    return tuple(votes)
 
 
 @dataclass
@@ -204,7 +220,7 @@ def patch_consensus(
         pool_px: each patch's correlation is max-pooled over this radius before the vote, so that patches far from
             the reference point still agree despite the pose grid's step.
         spectra: the moving image's FFTs from an earlier call on the same image (rebuilt when None or too small).
-        votes: combinations of the patches' correlations, each of :data:`fide.config.FIBRE_VOTES`, all from one
+        votes: combinations of the patches' correlations, each of :data:`FIBRE_VOTES`, all from one
             set of correlations. The median needs half the patches to agree (one patch matching dense texture by
             chance lifts the mean of a wrong pose), the mean counts every patch (a weak true patch still adds).
 

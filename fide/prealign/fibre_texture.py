@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fide import geometry
-from fide.config import REFERENCE_SIDE_PX, FibreConfig
+from fide.config import REFERENCE_SIDE_PX
 from fide.prealign.fibre_match import MovingSpectra, Patch, band_pass, box_px, collagen_patches
 
 __all__ = [
@@ -28,6 +28,13 @@ __all__ = [
     "texture_score",
 ]
 
+# lengths in pixels of an 834 px image (REFERENCE_SIDE_PX), scaled with the image side; read when used
+PATCH_SMOOTH_PX = 4.0  # fide: smoothing before the SHG patches are thresholded
+PATCH_MAX_RADIUS_PX = 150.0  # fide: wider patches are cut to this disk (a wide template costs more)
+TEXTURE_PATCHES = 12  # fide: the patches located one by one, fitted and scored
+TEXTURE_BAND_PX = (1.0, 6.0)  # fide: band of the full-resolution texture: its score and last fits
+POLISH_LEARNING_RATE = 0.05  # fide: Adam step of the texture polish (FibreConfig.polish_iterations steps)
+
 
 @dataclass
 class TextureLevel:
@@ -37,7 +44,7 @@ class TextureLevel:
     moving_band: torch.Tensor
     patches: list[Patch]
     to_level: tuple[tuple[float, float], tuple[float, float]]
-    length: float  # pixels of this grid per pixel of an 834 px image: FibreConfig lengths times this
+    length: float  # pixels of this grid per pixel of an 834 px image: the fibre modules' lengths times this
     _spectra: MovingSpectra | None = field(default=None, repr=False)
 
     def spectra(self, linear: torch.Tensor) -> MovingSpectra:
@@ -54,7 +61,7 @@ class TextureLevel:
 
 
 def texture_level(
-    fixed: torch.Tensor, moving: torch.Tensor, size_px: int, band_px: Sequence[float], patches: int, cfg: FibreConfig
+    fixed: torch.Tensor, moving: torch.Tensor, size_px: int, band_px: Sequence[float], patches: int
 ) -> TextureLevel:
     factor = min(1.0, size_px / max(fixed.shape[-2:]))  # both images by one factor: the pixel-size ratio stays
     fixed_shape, moving_shape = (tuple(max(8, round(n * factor)) for n in im.shape[-2:]) for im in (fixed, moving))
@@ -65,7 +72,7 @@ def texture_level(
     return TextureLevel(
         band_pass(fixed_level, low, high),
         band_pass(moving_level, low, high),
-        collagen_patches(fixed_level, patches, cfg.patch_smooth_px * length, cfg.patch_max_radius_px * length),
+        collagen_patches(fixed_level, patches, PATCH_SMOOTH_PX * length, PATCH_MAX_RADIUS_PX * length),
         (
             geometry.scale_factors(fixed.shape[-2:], fixed_shape),
             geometry.scale_factors(moving.shape[-2:], moving_shape),
@@ -244,11 +251,10 @@ class FibreTexture:
     Args:
         fixed: (1, 1, H, W) SHG intensity (log, normalised), full resolution.
         moving: (1, 1, Hm, Wm) eosin intensity, full resolution.
-        cfg: bands and patch counts.
     """
 
-    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, cfg: FibreConfig) -> None:
-        self.level = texture_level(fixed, moving, max(fixed.shape[-2:]), cfg.final_band_px, cfg.refine_patches, cfg)
+    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor) -> None:
+        self.level = texture_level(fixed, moving, max(fixed.shape[-2:]), TEXTURE_BAND_PX, TEXTURE_PATCHES)
         self.pixels = PatchPixels(self.level.fixed_band, self.level.patches) if self.level.patches else None
 
     @property
@@ -297,6 +303,6 @@ class FibreTexture:
         return level.up(fitted), score
 
 
-def texture_score(fixed: torch.Tensor, moving: torch.Tensor, affine: torch.Tensor, cfg: FibreConfig) -> float:
+def texture_score(fixed: torch.Tensor, moving: torch.Tensor, affine: torch.Tensor) -> float:
     """:meth:`FibreTexture.score` of one affine (builds the level: use :class:`FibreTexture` for several)."""
-    return FibreTexture(fixed, moving, cfg).score(affine)
+    return FibreTexture(fixed, moving).score(affine)

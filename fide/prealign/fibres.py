@@ -8,12 +8,13 @@ correlates only within a few degrees of the true pose. So:
    and scale of a fine grid and every translation at once (FFT), and vote for one similarity. A single patch finds
    false matches in the dense eosin texture; several patches agreeing on one pose do not;
 2. the twelve largest patches then each find their own position near that pose, and an affine through those that
-   agree (RANSAC, at least ``min_inliers``) confirms the vote and adds the shear a similarity lacks;
-3. Levenberg-Marquardt fits the affine to the patches' texture, at ``refine_size_px`` and at full resolution.
+   agree (RANSAC, at least :data:`MIN_INLIERS`) confirms the vote and adds the shear a similarity lacks;
+3. Levenberg-Marquardt fits the affine to the patches' texture, at :data:`REFINE_SIZE_PX` and at full resolution.
 
-The texture NCC itself lives in :mod:`fide.prealign.fibre_texture`. Lengths in :class:`~fide.config.FibreConfig`
-are pixels of an image whose side is the challenge's 834 px, scaled with the image side (the core fills the image
-whatever its size). Affines are in pixels, fixed to moving, with the conventions of :mod:`fide.geometry`.
+The texture NCC itself lives in :mod:`fide.prealign.fibre_texture`. Lengths (the constants below and those of
+:mod:`fide.prealign.fibre_texture`) are pixels of an image whose side is the challenge's 834 px, scaled with the
+image side (the core fills the image whatever its size). Affines are in pixels, fixed to moving, with the
+conventions of :mod:`fide.geometry`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from fide import geometry
-from fide.config import FibreConfig
 from fide.prealign.fibre_match import MovingSpectra, box_px, locate_patches, patch_consensus, similarity_grid
 from fide.prealign.fibre_texture import (
+    TEXTURE_PATCHES,
     FibreTexture,
     PatchPixels,
     TextureLevel,
@@ -37,6 +38,26 @@ from fide.prealign.fibre_texture import (
 from fide.prealign.ransac import ransac_affine
 
 __all__ = ["FibreMatch", "FibreTexture", "PatchPixels", "refine_on_patches", "texture_score", "fibre_search"]
+
+# read when used (tests set them for their small textures)
+GRID_SIZE_PX = 278  # fide: exhaustive grid at a third of 834 px: fibres survive as texture, an FFT ~1 ms
+GRID_BAND_PX = (2.0, 8.0)  # fide: band-pass Gaussian sigmas of the grid searches and the patch location
+GRID_PATCHES = 3  # fide: the largest patches vote on the grids
+ANGLE_STEP_DEG = 4.0  # fide: the patches' consensus falls ~25 % 2° and ~60 % 3° off the truth: a 6° grid missed one
+SCALE_STEP = 0.06  # fide: ratio between neighbouring scales of the grid
+LIKELY_SCALES = (0.9, 1.1)  # fide: the grid holds these scales (the usual pair), unmirrored first (see _grid_shells)
+GRID_CANDIDATES = 4  # fide: poses checked per grid shell and vote: on dense synthetic patches the truth ranked 2nd-3rd
+POOL_PX = 2  # fide: tolerance of each vote, pixels at GRID_SIZE_PX, for the grid's pose error
+VOTES = ("median", "mean")  # fide: 7 dense synthetic patches: the truth in either vote's 4 best on 6, in each's on 4
+BATCH = 32  # grid poses correlated at once: bounds the memory of one batch of correlations
+REFINE_SIZE_PX = 417  # fide: per-patch location and the first continuous fit
+LOCATE_WINDOW_PX = 24.0  # fide: each patch looks this far from where the voted pose puts it
+RANSAC_THRESHOLD_PX = 4.0  # fide: a patch within this of where an affine puts it agrees with it
+RANSAC_ITERATIONS = 300  # samples of three among at most a dozen located patches
+MIN_INLIERS = 5  # fide: patches that must agree on one affine (three always fit one; 4 agreed by chance)
+REFINE_ITERATIONS = 20  # fide: Levenberg-Marquardt steps of each texture fit: 20 reached what 60 Adam steps had
+FIT_DAMPING = 1e-3  # initial Marquardt factor of those fits
+VERIFY_BELOW = 0.2  # fide: a confirmed pose is kept when its fitted texture NCC reaches this (a wrong pose scores ~0)
 
 
 def _best_poses(
@@ -105,12 +126,12 @@ class FibreMatch:
     current_score: float  # texture score of the ``current`` affine given to the search (nan when none was)
 
 
-def _confirm(fine: TextureLevel, affine: torch.Tensor, cfg: FibreConfig, seed: int) -> tuple[torch.Tensor, int] | None:
+def _confirm(fine: TextureLevel, affine: torch.Tensor, seed: int) -> tuple[torch.Tensor, int] | None:
     """Every patch finds its own position near a full-resolution pose; an affine through the consistent ones
     (RANSAC) adds the shear and anisotropy a similarity lacks. Returns it (full resolution) with its inlier count,
-    or None when fewer than ``min_inliers`` agree (the pose is not confirmed)."""
+    or None when fewer than :data:`MIN_INLIERS` agree (the pose is not confirmed)."""
     count = 0
-    for window in (cfg.locate_window_px, cfg.locate_window_px / 3):
+    for window in (LOCATE_WINDOW_PX, LOCATE_WINDOW_PX / 3):
         window_px = max(2, round(window * fine.length))
         level_affine = fine.down(affine)
         centres, positions, _ = locate_patches(
@@ -121,12 +142,12 @@ def _confirm(fine: TextureLevel, affine: torch.Tensor, cfg: FibreConfig, seed: i
             window_px,
             spectra=fine.spectra(level_affine[None, :2, :2]),
         )
-        threshold_px = cfg.ransac_threshold_px * fine.length
+        threshold_px = RANSAC_THRESHOLD_PX * fine.length
         fitted, inliers = ransac_affine(
-            centres, positions, threshold_px=threshold_px, iterations=cfg.ransac_iterations, seed=seed
+            centres, positions, threshold_px=threshold_px, iterations=RANSAC_ITERATIONS, seed=seed
         )
         count = int(inliers.sum())
-        if count < cfg.min_inliers:
+        if count < MIN_INLIERS:
             return None
         affine = fine.up(fitted)
     return affine, count
@@ -135,7 +156,6 @@ def _confirm(fine: TextureLevel, affine: torch.Tensor, cfg: FibreConfig, seed: i
 def fibre_search(
     fixed: torch.Tensor,
     moving: torch.Tensor,
-    cfg: FibreConfig,
     scale_range: tuple[float, float],
     seed: int = 0,
     current: torch.Tensor | None = None,
@@ -149,14 +169,13 @@ def fibre_search(
     """The pose that the SHG collagen patches confirm, made affine by every patch and fitted to their texture.
 
     Poses come first from ``hypotheses`` (e.g. the global search's candidates: checking one costs one FFT per
-    patch), the one most patches agree on winning, kept if its fitted texture NCC reaches ``cfg.verify_below``;
+    patch), the one most patches agree on winning, kept if its fitted texture NCC reaches :data:`VERIFY_BELOW`;
     otherwise, where ``grid`` is set, from the exhaustive similarity grid on which the largest patches vote, searched
-    in shells (:func:`_grid_shells`) until a pose is confirmed with a texture NCC of ``cfg.verify_below``.
+    in shells (:func:`_grid_shells`) until a pose is confirmed with a texture NCC of :data:`VERIFY_BELOW`.
 
     Args:
         fixed: (1, 1, H, W) SHG intensity (log, normalised), full resolution.
         moving: (1, 1, Hm, Wm) eosin intensity, full resolution.
-        cfg: grid steps, sizes and bands.
         scale_range: (min, max) isotropic scales searched, moving pixels per fixed pixel.
         seed: seed of RANSAC's samples.
         current: (3, 3) full-resolution affine to compare with: its :func:`texture_score` comes with the match,
@@ -171,38 +190,38 @@ def fibre_search(
         The match, or None when the SHG has fewer than two patches (nothing to agree on) or too few patches confirm
         any pose.
     """
-    fine = texture_level(fixed, moving, cfg.refine_size_px, cfg.band_px, cfg.refine_patches, cfg)
+    fine = texture_level(fixed, moving, REFINE_SIZE_PX, GRID_BAND_PX, TEXTURE_PATCHES)
     if len(fine.patches) < 2:
         return None
-    texture = texture or FibreTexture(fixed, moving, cfg)
+    texture = texture or FibreTexture(fixed, moving)
     current_score = texture.score(current) if current is not None else float("nan")
     confirmed = None
-    for hypothesis in _distinct_poses(hypotheses, fine, cfg.locate_window_px / 3):
-        found = _confirm(fine, hypothesis, cfg, seed)
+    for hypothesis in _distinct_poses(hypotheses, fine, LOCATE_WINDOW_PX / 3):
+        found = _confirm(fine, hypothesis, seed)
         if found is not None and (confirmed is None or found[1] > confirmed[1]):
             confirmed = found
     if confirmed is not None:
-        affine, score = _fit_texture(fine, texture, confirmed[0], cfg)
+        affine, score = _fit_texture(fine, texture, confirmed[0])
         # a few patches can agree near a wrong hypothesis by chance in dense texture; its fit stays weak
-        if score >= cfg.verify_below:
+        if score >= VERIFY_BELOW:
             return FibreMatch(affine, score, float("nan"), float("nan"), current_score)
     if not grid:
         return None
-    coarse = texture_level(fixed, moving, cfg.size_px, cfg.band_px, cfg.patches, cfg)
+    coarse = texture_level(fixed, moving, GRID_SIZE_PX, GRID_BAND_PX, GRID_PATCHES)
     if len(coarse.patches) < 2:
         return None
-    linear = similarity_grid(*scale_range, cfg.angle_step_deg, cfg.scale_step, mirrors, max_rotation_deg).to(fixed)
+    linear = similarity_grid(*scale_range, ANGLE_STEP_DEG, SCALE_STEP, mirrors, max_rotation_deg).to(fixed)
     best_match = None
-    for shell in _grid_shells(linear, cfg.likely_scales):
-        poses, runner_up = _best_poses(coarse, shell, cfg.batch, cfg.pool_px, cfg.grid_candidates, cfg.votes)
+    for shell in _grid_shells(linear, LIKELY_SCALES):
+        poses, runner_up = _best_poses(coarse, shell, BATCH, POOL_PX, GRID_CANDIDATES, VOTES)
         for grid_score, pose in poses:
-            confirmed = _confirm(fine, coarse.up(pose), cfg, seed)
+            confirmed = _confirm(fine, coarse.up(pose), seed)
             if confirmed is None:
                 continue
-            affine, score = _fit_texture(fine, texture, confirmed[0], cfg)
+            affine, score = _fit_texture(fine, texture, confirmed[0])
             if best_match is None or score > best_match.texture_score:
                 best_match = FibreMatch(affine, score, grid_score, runner_up, current_score)
-            if score >= cfg.verify_below:  # confirmed with a real texture fit: the rest of the grid is not needed
+            if score >= VERIFY_BELOW:  # confirmed with a real texture fit: the rest of the grid is not needed
                 return best_match
     return best_match
 
@@ -227,43 +246,35 @@ def _distinct_poses(poses: Sequence[torch.Tensor], level: TextureLevel, toleranc
 
 
 def _grid_shells(linear: torch.Tensor, likely_scales: tuple[float, float]) -> list[torch.Tensor]:
-    """The grid's poses (B, 2, 2) in the order they are searched: unmirrored at the likely scales, mirrored at the
-    likely scales, then the other scales the same way (empty shells left out).
+    """The grid's poses (B, 2, 2) in the order they are searched: unmirrored at the likely scales, then mirrored at
+    the likely scales (empty shells left out); the other scales are not searched.
 
-    The whole grid (2520 poses) costs ~11 s on an 834 px pair on 2 cores; most pairs are unmirrored at about their
-    nominal scale, and a pose confirmed there ends the search after a fraction of it. A mirrored slide at its
-    nominal scale comes next: its shell is a quarter of the other scales' (a benchmark mirror pair the search had
-    missed took 13 s in the fallback when every unmirrored scale came first).
+    The whole grid (2520 poses) cost ~11 s on an 834 px pair on 2 cores, and a pair that reached it ran 20-40 s:
+    the fallback is bounded to the usual pair's nominal scale (unmirrored first, a mirrored slide next), ~1.5 s a
+    shell; pairs at other scales rely on the global search, whose scales cover 0.6-1.35.
     """
     det = torch.linalg.det(linear)
     scale = det.abs().sqrt()
     likely = (scale >= likely_scales[0] * (1 - 1e-6)) & (scale <= likely_scales[1] * (1 + 1e-6))
-    shells = [(det > 0) & likely, (det < 0) & likely, (det > 0) & ~likely, (det < 0) & ~likely]
+    shells = [(det > 0) & likely, (det < 0) & likely]
     return [linear[mask] for mask in shells if bool(mask.any())]
 
 
-def _fit_texture(
-    fine: TextureLevel, texture: FibreTexture, affine: torch.Tensor, cfg: FibreConfig
-) -> tuple[torch.Tensor, float]:
+def _fit_texture(fine: TextureLevel, texture: FibreTexture, affine: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Continuous fits on the texture: at the fine level, then the finest texture at full resolution, each only
     where it can still matter (the full-resolution texture NCC decides both).
 
     On 110 development pairs (23 confirmed poses fitted) every right pose already scored >= 0.27 at full
     resolution before any fit (the 417 px fit then moved it by <= 0.04), and no wrong pose reached 0.13 after both
-    fits (the full-resolution fit added <= 0.05): a pose at ``verify_below`` goes straight to the full-resolution
+    fits (the full-resolution fit added <= 0.05): a pose at :data:`VERIFY_BELOW` goes straight to the full-resolution
     fit, one under half of it after the first fit is not fitted further (~0.4 s each)."""
     score = texture.score(affine)
-    if score < cfg.verify_below:
+    if score < VERIFY_BELOW:
         fitted, _ = refine_on_patches(
-            fine.fixed_band,
-            fine.moving_band,
-            fine.patches,
-            fine.down(affine),
-            cfg.refine_iterations,
-            cfg.fit_damping,
+            fine.fixed_band, fine.moving_band, fine.patches, fine.down(affine), REFINE_ITERATIONS, FIT_DAMPING
         )
         affine = fine.up(fitted)
         score = texture.score(affine)
-        if score < cfg.verify_below / 2:
+        if score < VERIFY_BELOW / 2:
             return affine, score
-    return texture.refine(affine, cfg.refine_iterations, cfg.fit_damping)
+    return texture.refine(affine, REFINE_ITERATIONS, FIT_DAMPING)

@@ -21,6 +21,19 @@ from fide.features import kmeans_labels, one_hot_labels
 
 __all__ = ["Candidate", "cross_mutual_information", "search_similarity", "rotation_angles_deg", "search_mirrors"]
 
+NUM_LABELS = 4  # fide: K of the k-means label maps at search level (K^2 FFT correlations per candidate)
+MAX_SHIFT = 0.25  # fide: translations up to this fraction of the image side, from the tissue centroids
+MIN_OVERLAP = 0.5  # globalign: at least 50 % overlap
+BATCH = 24  # candidates per FFT batch (memory ~ batch * K^2 * canvas^2 complex)
+# fide: a second, finer level of the search around each candidate: angles within ±4° in 9 steps, then scales
+# within ×/÷ 1.06 in 5, translations within 6 % of the side
+REFINE_SIZE_PX = 128
+REFINE_ANGLE_DEG = 4.0
+REFINE_ANGLE_STEPS = 9
+REFINE_SCALE_STEPS = 5
+REFINE_SCALE_RATIO = 1.06
+REFINE_MAX_SHIFT = 0.06
+
 
 def search_mirrors(mirror: str) -> tuple[bool, ...]:
     """Which poses a search holds for ``SearchConfig.mirror``: "auto" both, "never" unmirrored, "always" mirrored.
@@ -274,15 +287,15 @@ def _coarse_candidates(level: _Level, fine: _Level, centres, cfg: SearchConfig) 
     scales = torch.logspace(math.log10(cfg.scale_min), math.log10(cfg.scale_max), cfg.scale_steps).tolist()
     mirrors = search_mirrors(cfg.mirror)
     affines, grid = _candidate_affines(level, centres, angles, scales, mirrors)
-    max_shift = max(2, round(cfg.max_shift * max(level.fixed.shape[-2:])))
-    scores, shifts = _score_candidates(level, affines, max_shift, cfg.min_overlap, cfg.batch)
+    max_shift = max(2, round(MAX_SHIFT * max(level.fixed.shape[-2:])))
+    scores, shifts = _score_candidates(level, affines, max_shift, MIN_OVERLAP, BATCH)
     kept = _distinct(grid, scores, cfg.top_k, min_angle_deg=2.5 * cfg.angle_step_deg)
     full = _to_full_resolution(level, affines[kept], shifts[kept])
     coarse = [
         Candidate(full[n], float(grid[i, 0]), float(grid[i, 1]), bool(grid[i, 2] > 0.5), float(scores[i]))
         for n, i in enumerate(kept)
     ]
-    return [refine_similarity(fine, c, cfg) for c in coarse]
+    return [refine_similarity(fine, c) for c in coarse]
 
 
 def search_similarity(
@@ -292,16 +305,14 @@ def search_similarity(
     cfg: SearchConfig,
     seed: int = 0,
     intensities: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
-    texture_judges: bool = False,
 ) -> list[Candidate]:
     """Stage-2 entry: exhaustive rotation/scale/mirror search with all translations scored at once.
 
     Several criteria propose candidates: the correlation of each given pair of comparable channels (learned
     representations, log-SHG density vs eosin), which works where SHG is too sparse for labels, and MI of k-means
-    labels (any intensity relation). Their candidates are interleaved, best first, in the order given (the
-    correlation criteria first), near-duplicates dropped. The label MI (the costliest criterion) runs with
-    ``cfg.label_search`` "always"; with "disagree" only where the first two correlation criteria disagree on their
-    best pose; with "auto" only there and where ``texture_judges`` is off.
+    labels, which needs no intensity relation at all and recognises the coarse layout (outline, stroma vs cellular
+    regions) where the fine texture does not match: it always runs. Their candidates are interleaved, best first, in
+    the order given (the correlation criteria first, the label MI last), near-duplicates dropped.
 
     Args:
         fixed_colour: (1, C, H, W) fixed channels for label maps (log-SHG or RGB in [0, 1]), full resolution.
@@ -310,56 +321,33 @@ def search_similarity(
         cfg: search settings.
         seed: k-means seed.
         intensities: pairs of (1, 1, H, W) fixed and (1, 1, Hm, Wm) moving comparable channels in [0, 1].
-        texture_judges: whether a later stage checks the pose on other grounds (the fibre texture of SHG/H&E).
 
     Returns:
-        Up to ``(len(intensities) + 1) * cfg.top_k`` distinct candidates, refined at ``cfg.refine_size_px``.
+        Up to ``(len(intensities) + 1) * cfg.top_k`` distinct candidates, refined at :data:`REFINE_SIZE_PX`.
     """
     proposals = [
         _coarse_candidates(
             _intensity_level(fixed_map, moving_map, cfg.size_px),
-            _intensity_level(fixed_map, moving_map, cfg.refine_size_px),
+            _intensity_level(fixed_map, moving_map, REFINE_SIZE_PX),
             centres,
             cfg,
         )
         for fixed_map, moving_map in intensities
     ]
-    if _wants_label_search(cfg.label_search, texture_judges, proposals, fixed_colour.shape[-2:], cfg.agree_px):
-        proposals.append(
-            _coarse_candidates(
-                _label_level(fixed_colour, moving_colour, cfg.size_px, cfg.num_labels, seed),
-                _label_level(fixed_colour, moving_colour, cfg.refine_size_px, cfg.num_labels, seed),
-                centres,
-                cfg,
-            )
+    proposals.append(
+        _coarse_candidates(
+            _label_level(fixed_colour, moving_colour, cfg.size_px, NUM_LABELS, seed),
+            _label_level(fixed_colour, moving_colour, REFINE_SIZE_PX, NUM_LABELS, seed),
+            centres,
+            cfg,
         )
+    )
     merged: list[Candidate] = []
     for rank in range(cfg.top_k):
         for candidates in proposals:
             if rank < len(candidates) and not any(_same(candidates[rank], c) for c in merged):
                 merged.append(candidates[rank])
     return merged
-
-
-def _wants_label_search(
-    mode: str, texture_judges: bool, proposals: list[list[Candidate]], shape: Sequence[int], tolerance: float
-) -> bool:
-    if mode == "always":
-        return True
-    if mode == "auto" and texture_judges and len(proposals) >= 2:  # a lone correlation has nothing to agree with
-        return False
-    return not _best_poses_agree(proposals, shape, tolerance)
-
-
-def _best_poses_agree(proposals: list[list[Candidate]], shape: Sequence[int], tolerance: float) -> bool:
-    """Whether at least two criteria propose candidates and their best poses agree: every fixed-image corner
-    maps within ``tolerance`` x the image's longest side (independent criteria rarely agree on a wrong pose)."""
-    if len(proposals) < 2 or not all(proposals[:2]):
-        return False
-    h, w = shape
-    corners = torch.tensor([[0.0, 0.0], [0.0, w - 1.0], [h - 1.0, 0.0], [h - 1.0, w - 1.0]])
-    first, second = (geometry.apply_affine_to_points(p[0].affine.float().cpu(), corners) for p in proposals[:2])
-    return float((first - second).norm(dim=1).max()) <= tolerance * max(h, w)
 
 
 def _same(a: Candidate, b: Candidate) -> bool:
@@ -370,7 +358,7 @@ def _same(a: Candidate, b: Candidate) -> bool:
     )
 
 
-def refine_similarity(level: _Level, candidate: Candidate, cfg: SearchConfig) -> Candidate:
+def refine_similarity(level: _Level, candidate: Candidate) -> Candidate:
     """Finer sweep of angle, then scale, around one candidate (at the finer ``level``), translations by FFT again.
 
     Angle and scale barely interact at this resolution, so they are swept one after the other: ``A + S`` scored
@@ -378,19 +366,19 @@ def refine_similarity(level: _Level, candidate: Candidate, cfg: SearchConfig) ->
     """
     base = geometry.rescale_affine(candidate.affine[None], level.fixed_factors, level.moving_factors)[0]
     centre = torch.tensor([(n - 1) / 2 for n in level.fixed.shape[-2:]])  # perturb about the fixed image centre
-    max_shift = max(2, round(cfg.refine_max_shift * max(level.fixed.shape[-2:])))
+    max_shift = max(2, round(REFINE_MAX_SHIFT * max(level.fixed.shape[-2:])))
 
     def sweep(angles_deg: torch.Tensor, scales: torch.Tensor) -> tuple[float, float, torch.Tensor, float]:
         local = geometry.similarity_matrix(torch.deg2rad(angles_deg), scales, centre, centre).to(base)
         affines = base[None] @ local  # A' = A ∘ (rotate/scale about c)
-        scores, shifts = _score_candidates(level, affines, max_shift, cfg.min_overlap, cfg.batch)
+        scores, shifts = _score_candidates(level, affines, max_shift, MIN_OVERLAP, BATCH)
         best = int(scores.argmax())
         full = _to_full_resolution(level, affines[best : best + 1], shifts[best : best + 1])[0]
         return float(angles_deg[best]), float(scales[best]), full, float(scores[best])
 
-    angles = torch.linspace(-cfg.refine_angle_deg, cfg.refine_angle_deg, cfg.refine_angle_steps)
-    log_ratio = math.log(cfg.refine_scale_ratio)
-    scales = torch.exp(torch.linspace(-log_ratio, log_ratio, cfg.refine_scale_steps))
+    angles = torch.linspace(-REFINE_ANGLE_DEG, REFINE_ANGLE_DEG, REFINE_ANGLE_STEPS)
+    log_ratio = math.log(REFINE_SCALE_RATIO)
+    scales = torch.exp(torch.linspace(-log_ratio, log_ratio, REFINE_SCALE_STEPS))
     angle, _, _, _ = sweep(angles, torch.ones_like(angles))
     angle, scale, full, score = sweep(torch.full_like(scales, angle), scales)
     return Candidate(full, candidate.angle_deg + angle, candidate.scale * scale, candidate.mirror, score)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from monai.networks.layers.convutils import gaussian_1d
 
-__all__ = ["gaussian_blur", "gaussian_blurs", "smooth_fft_length"]
+__all__ = ["gaussian_blur", "gaussian_blurs", "layout_blur", "smooth_fft_length"]
 
 _TRUNCATED = 4.0  # MONAI GaussianFilter's default: the kernel reaches 4 sigma
 
@@ -64,3 +64,13 @@ def gaussian_blurs(image: torch.Tensor, sigmas: Sequence[float]) -> list[torch.T
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """``image`` (N, C, H, W) smoothed by a Gaussian of ``sigma`` pixels (see :func:`gaussian_blurs`)."""
     return gaussian_blurs(image, [sigma])[0]
+
+
+def layout_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """:func:`gaussian_blur` with the border replicated instead of zero: an image's edge (white bright-field
+    background) must not darken into fake structure. ``image`` (N, C, H, W) → same shape; ``sigma`` <= 0: unchanged."""
+    if sigma <= 0:
+        return image
+    reach = int(_TRUNCATED * sigma) + 1
+    padded = torch.nn.functional.pad(image.float(), (reach, reach, reach, reach), mode="replicate")
+    return gaussian_blur(padded, sigma)[..., reach:-reach, reach:-reach]

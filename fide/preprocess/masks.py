@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from fide.config import PreprocessConfig
-
 from .filters import gaussian_blur
 
 __all__ = ["shg_foreground", "shg_footprint", "bf_tissue", "bf_fill", "tissue_mask", "fill_with_background"]
+
+SHG_MASK_SIGMA_PX = 4.0  # fide: smooths the sparse fibre signal into a tissue footprint
+SHG_FOOTPRINT_THRESHOLD = 2.0  # appearance spec: "smoothed signal > 2" is the footprint
+# code: bright-field background = unsaturated and bright (HSV inRange 0..50, 132..255)
+BF_MAX_SATURATION = 50 / 255
+BF_MIN_VALUE = 132 / 255
+BF_FILL_VALUE = 40 / 255  # fide: unsaturated and this dark is black corner fill, not tissue
 
 
 def shg_foreground(shg: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
@@ -16,7 +21,9 @@ def shg_foreground(shg: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
     return shg >= threshold
 
 
-def shg_footprint(shg: torch.Tensor, sigma_px: float = 4.0, threshold: float = 2.0) -> torch.Tensor:
+def shg_footprint(
+    shg: torch.Tensor, sigma_px: float = SHG_MASK_SIGMA_PX, threshold: float = SHG_FOOTPRINT_THRESHOLD
+) -> torch.Tensor:
     """Tissue footprint of an SHG image: the Gaussian-smoothed signal above ``threshold`` (raw counts).
 
     Fibres are thin and sparse; smoothing turns them into the area of the core they belong to.
@@ -31,15 +38,14 @@ def _hsv_saturation_value(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return saturation, value
 
 
-def bf_fill(rgb: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
+def bf_fill(rgb: torch.Tensor) -> torch.Tensor:
     """Corner fill of a rotated bright-field image, black or pure white: (B, 3, H, W) raw → (B, 1, H, W) bool."""
-    cfg = cfg or PreprocessConfig()
     saturation, value = _hsv_saturation_value(rgb / 255.0)
     white = (rgb >= 255).all(dim=1, keepdim=True)  # saturated white fill; a real slide background sits below 255
-    return (saturation < cfg.bf_max_saturation) & ((value < cfg.bf_fill_value) | white)
+    return (saturation < BF_MAX_SATURATION) & ((value < BF_FILL_VALUE) | white)
 
 
-def bf_tissue(rgb: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
+def bf_tissue(rgb: torch.Tensor) -> torch.Tensor:
     """Stained tissue of a bright-field image: NOT (unsaturated and bright), and not black fill.
 
     Args:
@@ -48,23 +54,21 @@ def bf_tissue(rgb: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.T
     Returns:
         (B, 1, H, W) bool. The grey-blue backgrounds of some slides (127, 135, 145) count as background.
     """
-    cfg = cfg or PreprocessConfig()
     saturation, value = _hsv_saturation_value(rgb / 255.0)
-    background = (saturation < cfg.bf_max_saturation) & (value > cfg.bf_min_value)
-    return ~background & ~bf_fill(rgb, cfg)
+    background = (saturation < BF_MAX_SATURATION) & (value > BF_MIN_VALUE)
+    return ~background & ~bf_fill(rgb)
 
 
-def tissue_mask(image: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
+def tissue_mask(image: torch.Tensor) -> torch.Tensor:
     """Tissue mask of either modality: SHG footprint for 1 channel, bright-field tissue for RGB."""
-    cfg = cfg or PreprocessConfig()
     if image.shape[1] == 1:
-        return shg_footprint(image, cfg.shg_mask_sigma_px, cfg.shg_footprint_threshold)
+        return shg_footprint(image)
     if image.shape[1] == 3:
-        return bf_tissue(image, cfg)
+        return bf_tissue(image)
     raise ValueError(f"image must have 1 (SHG) or 3 (RGB) channels, got shape {tuple(image.shape)}")
 
 
-def fill_with_background(rgb: torch.Tensor, cfg: PreprocessConfig | None = None) -> torch.Tensor:
+def fill_with_background(rgb: torch.Tensor) -> torch.Tensor:
     """Replace black corner fill by the slide's background colour so fill never looks like tissue.
 
     Args:
@@ -73,13 +77,12 @@ def fill_with_background(rgb: torch.Tensor, cfg: PreprocessConfig | None = None)
     Returns:
         (B, 3, H, W) with fill pixels set to the median colour of the bright background (white when there is none).
     """
-    cfg = cfg or PreprocessConfig()
-    fill = bf_fill(rgb, cfg)
+    fill = bf_fill(rgb)
     if not bool(fill.any()):
         return rgb
     out = rgb.clone()
     saturation, value = _hsv_saturation_value(rgb / 255.0)
-    background = (saturation < cfg.bf_max_saturation) & (value > cfg.bf_min_value) & ~fill
+    background = (saturation < BF_MAX_SATURATION) & (value > BF_MIN_VALUE) & ~fill
     for b in range(rgb.shape[0]):
         bg = background[b, 0]
         colour = rgb[b][:, bg].median(dim=1).values if int(bg.sum()) > 16 else rgb.new_full((3,), 255.0)

@@ -13,6 +13,10 @@ from .masks import fill_with_background, shg_foreground, tissue_mask
 
 __all__ = ["PreparedImage", "prepare_image", "prepare_pair"]
 
+# code: intensities normalised to the common range of their tissue's 1st-99th percentiles
+PERCENTILE_LOW = 1.0
+PERCENTILE_HIGH = 99.0
+
 
 @dataclass
 class PreparedImage:
@@ -53,14 +57,14 @@ def prepare_image(image: torch.Tensor, *, partner_channels: int, cfg: Preprocess
         raise ValueError(f"image must be (C, H, W) with C in (1, 3), got {tuple(image.shape)}")
     raw = raw.float()
     if raw.shape[1] == 1:
-        tissue = tissue_mask(raw, cfg)
+        tissue = tissue_mask(raw)
         log = shg_log(raw)
-        intensity = robust_normalise(log, tissue, cfg.percentile_low, cfg.percentile_high)
+        intensity = robust_normalise(log, tissue, PERCENTILE_LOW, PERCENTILE_HIGH)
         return PreparedImage(raw, intensity, intensity, tissue, shg_foreground(raw, cfg.shg_threshold))
-    raw = fill_with_background(raw, cfg)
-    tissue = tissue_mask(raw, cfg)
+    raw = fill_with_background(raw)
+    tissue = tissue_mask(raw)
     signal = stain_channels(raw)[:, 1:2] if partner_channels == 1 else optical_density(raw).mean(1, keepdim=True)
-    intensity = robust_normalise(signal, tissue, cfg.percentile_low, cfg.percentile_high)
+    intensity = robust_normalise(signal, tissue, PERCENTILE_LOW, PERCENTILE_HIGH)
     return PreparedImage(raw, intensity, raw / 255.0, tissue, tissue)
 
 

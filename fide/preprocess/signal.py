@@ -4,7 +4,7 @@ Decided from cheap statistics before any registration work (the statistics of a 
 second), so such a pair fails at once with a reason instead of running the whole pipeline to a meaningless field
 or into a library error (k-means++ seeding on a constant image ends in torch's "invalid multinomial distribution").
 
-Thresholds (``PreprocessConfig.min_side_px``, ``min_signal_fraction``) sit far below real data: real SHG covers at
+Thresholds (:data:`MIN_SIDE_PX`, ``PreprocessConfig.min_signal_fraction``) sit far below real data: real SHG covers at
 least 0.15 of the image (smoothed signal > 2, docs/synth.md), as do the nearly empty cores of ``fide synth``
 (0.15-0.37), and a bright field with tissue shows it on far more than 2 % of its pixels.
 """
@@ -17,12 +17,16 @@ import torch.nn.functional as F
 from fide.config import PreprocessConfig
 from fide.io import DatasetError
 
-from .masks import bf_tissue, shg_footprint
+from .masks import SHG_FOOTPRINT_THRESHOLD, SHG_MASK_SIGMA_PX, bf_tissue, shg_footprint
 
 __all__ = ["signal_problem", "check_pair_signal"]
 
 # the statistics are taken at most at this longest side: a coverage fraction needs no finer grid
 _STATISTICS_SIDE_PX = 1024
+MIN_SIDE_PX = 16  # fide: smaller images are refused before registration
+# fide: a bright-field pixel this many grey levels (0-255) off the image's median colour is structure, not
+# background noise; pale stains the H&E tissue mask misses (HISTOLM's) still count as tissue
+BF_STRUCTURE_LEVELS = 15.0
 
 
 def _pooled(image: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -37,7 +41,7 @@ def signal_problem(image: torch.Tensor, cfg: PreprocessConfig | None = None) -> 
 
     Args:
         image: (C, H, W) raw intensities, C = 1 (SHG or any grey image: raw counts) or 3 (RGB in [0, 255]).
-        cfg: thresholds ``min_side_px`` and ``min_signal_fraction``, and the mask parameters of the pipeline.
+        cfg: the threshold ``min_signal_fraction`` (the image side's is :data:`MIN_SIDE_PX`).
 
     Returns:
         e.g. ``"image is 8 x 8 px, smaller than the minimum 16 px per side"``, ``"image is constant (all pixels
@@ -47,32 +51,32 @@ def signal_problem(image: torch.Tensor, cfg: PreprocessConfig | None = None) -> 
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"image must be (C, H, W) with C in (1, 3), got {tuple(image.shape)}")
     height, width = image.shape[-2:]
-    if min(height, width) < cfg.min_side_px:
-        return f"image is {height} x {width} px, smaller than the minimum {cfg.min_side_px} px per side"
+    if min(height, width) < MIN_SIDE_PX:
+        return f"image is {height} x {width} px, smaller than the minimum {MIN_SIDE_PX} px per side"
     low, high = float(image.min()), float(image.max())
     if low == high:
         return f"image is constant (all pixels {low:g})"
     pooled, factor = _pooled(image)
     if image.shape[0] == 1:
         # the pipeline's own tissue footprint (raw counts), at the pooled scale
-        footprint = shg_footprint(pooled, max(cfg.shg_mask_sigma_px / factor, 0.5), cfg.shg_footprint_threshold)
+        footprint = shg_footprint(pooled, max(SHG_MASK_SIGMA_PX / factor, 0.5), SHG_FOOTPRINT_THRESHOLD)
         fraction = float(footprint.float().mean())
         if fraction < cfg.min_signal_fraction:
             return (
-                f"SHG image has no signal (smoothed signal above {cfg.shg_footprint_threshold:g} covers "
+                f"SHG image has no signal (smoothed signal above {SHG_FOOTPRINT_THRESHOLD:g} covers "
                 f"{100 * fraction:.1f} % of the image, at least {100 * cfg.min_signal_fraction:g} % needed; "
                 f"pixels {low:g}..{high:g}, raw SHG counts expected)"
             )
         return None
-    fraction = float(bf_tissue(pooled, cfg).float().mean())
+    fraction = float(bf_tissue(pooled).float().mean())
     # pale, unsaturated stains (immunohistochemistry, faded H&E) escape the H&E tissue mask but still differ
     # from their background: only an image that does neither is empty
     background = pooled.flatten(2).median(dim=2).values[..., None, None]
-    structure = float(((pooled - background).abs().amax(1) > cfg.bf_structure_levels).float().mean())
+    structure = float(((pooled - background).abs().amax(1) > BF_STRUCTURE_LEVELS).float().mean())
     if max(fraction, structure) < cfg.min_signal_fraction:
         return (
             f"bright-field image shows no tissue (tissue mask covers {100 * fraction:.1f} % of the image and pixels "
-            f"{cfg.bf_structure_levels:g} grey levels off the background {100 * structure:.1f} %, at least "
+            f"{BF_STRUCTURE_LEVELS:g} grey levels off the background {100 * structure:.1f} %, at least "
             f"{100 * cfg.min_signal_fraction:g} % needed)"
         )
     return None

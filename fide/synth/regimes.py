@@ -12,6 +12,10 @@ draws exactly the same random numbers, so tasks made before regimes existed are 
   half with contrast-adjusted SHG (levels and gamma, as labs export it), a third with black fill, some blurred by
   upsampling from a lower resolution.
 * ``mirror``: ``hard`` with the slide mirrored left-right (the affine reflects).
+* ``decoupled`` / ``decoupled-patch20``: whole cores as ``core`` / centre patches as ``patch20`` where the SHG's fine
+  fibre texture is independent of the bright field's while the coarse layout agrees (stroma bright in SHG and pink
+  in H&E, cellular regions dark and purple), half of them faint (99th percentile 14-30 counts): the held-out real
+  cores whose fibre-texture NCC at the true pose is ~0 (shg-bf-appearance.md, "Fine texture against coarse layout").
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class Regime:
     black_fill_prob: float = 0.2
     contrast_prob: float = 0.0  # SHG levels / gamma adjusted
     blur_prob: float = 0.0  # one image upsampled from a lower resolution
+    independent_texture: bool = False  # SHG fibres drawn anew in the same stroma (see make_aligned_pair)
+    faint_prob: float = 0.0  # SHG at the dim end of the real range
 
 
 REGIMES: dict[str, Regime] = {
@@ -64,6 +70,16 @@ REGIMES: dict[str, Regime] = {
         black_fill_prob=1 / 3,
         contrast_prob=0.5,
         blur_prob=0.3,
+    ),
+    "decoupled": Regime(independent_texture=True, faint_prob=0.5),
+    "decoupled-patch20": Regime(
+        rotation_deg=20.0,
+        scale_range=(1.0, 1.0),
+        anisotropy=1.0,
+        shear=0.0,
+        patch=True,
+        independent_texture=True,
+        faint_prob=0.5,
     ),
 }
 

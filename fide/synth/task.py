@@ -80,12 +80,17 @@ def make_pair(
     tissue_rng, align_rng, effects_rng = (
         np.random.default_rng([seed, _SPLIT_STREAM[split], index, k]) for k in range(3)
     )
+    # a fourth stream, drawn only by regimes that use it: the other regimes' pairs stay byte-identical
+    faint = bool(setting.faint_prob) and np.random.default_rng([seed, _SPLIT_STREAM[split], index, 3]).random() < (
+        setting.faint_prob
+    )
+    appearance = {"independent_texture": setting.independent_texture, "faint": faint}
     if split == "train" or not setting.patch:
         view = size
-        shg, bf, info = make_aligned_pair(size, tissue_rng)
+        shg, bf, info = make_aligned_pair(size, tissue_rng, **appearance)
     else:  # a larger field of view at this size's length scale; its centre is cut out after the move
         view = size + 2 * round((setting.patch_margin - 1) * size / 2)
-        shg, bf, info = make_aligned_pair(view, tissue_rng, length_scale=size / REFERENCE_SIDE_PX)
+        shg, bf, info = make_aligned_pair(view, tissue_rng, length_scale=size / REFERENCE_SIDE_PX, **appearance)
     pair: dict = {"fixed": shg, "moving": bf, "tissue": info}
     if split == "train":
         return pair

@@ -229,6 +229,26 @@ def _collagen(size: int, f: float, tissue: np.ndarray, rng: np.random.Generator,
     return {"stroma": stroma.astype(np.float32), "shg": shg_fib, "bf": bf_fib, "theta": theta}
 
 
+def _independent_shg_fibres(size: int, f: float, tissue: np.ndarray, col: dict, rng: np.random.Generator) -> np.ndarray:
+    """SHG fibres drawn anew in the same stroma (H, W): the coarse layout agrees with the bright field, the fine
+    texture does not (held-out real cores whose fibre-texture NCC at the true pose is ~0, shg-bf-appearance.md).
+
+    Real causes: SHG sees fibrils the H&E section does not resolve, a different focal plane, or a neighbouring
+    section. Fibres follow a new orientation field from new seeds, with the stroma density of ``col``.
+    """
+    shape = (size, size)
+    theta = 0.45 * np.pi * _smooth_noise(shape, rng.uniform(30, 90) * f + 3, rng) + rng.uniform(0, np.pi)
+    area = float((tissue * col["stroma"]).sum())
+    n_fibres = int(rng.uniform(2.0, 3.8) * area / max(175 * f * f, 3)) + 10
+    lengths = np.exp(np.clip(rng.normal(0, 0.5, n_fibres), -1.5, 1.0)) * (50 * f + 4)
+    seeds = _sample_points(tissue * (0.05 + col["stroma"] ** 2), n_fibres, rng)
+    follow = rng.uniform(0.3, 1.0, n_fibres)
+    points, weights, angles = _trace_fibres(seeds, lengths, follow, theta, f, rng)
+    gain = np.exp(rng.normal(0, 0.9, n_fibres)) * (rng.random(n_fibres) > 0.2)
+    (line,) = _splat(points, [weights * gain[:, None]], size)
+    return ndimage.gaussian_filter(line, 0.75 * f + 0.35)
+
+
 def _disk_kernels(f: float, rng: np.random.Generator) -> list[np.ndarray]:
     """Soft elliptical nucleus footprints: four round-ish sizes, and spindles elongated at four angles."""
     kernels = []
@@ -337,11 +357,12 @@ def _render_bf(tissue, col, nuclei, fat_in, fat_mem, f, rng, params) -> np.ndarr
 _EMPTY_COVERAGE = (0.4, 0.6)  # fraction of the image an empty core's SHG patches cover
 
 
-def _render_shg(tissue, col, nuclei, fat_in, f, rng, params) -> np.ndarray:
+def _render_shg(tissue, col, nuclei, fat_in, f, rng, params, faint: bool = False) -> np.ndarray:
     """Collagen-only signal through a noisy detector with a 1-2 count offset. Returns (1, H, W) uint8.
 
     Sparse bright fibres (gain set so the image's 99th percentile hits a drawn target, ~100 counts) over a faint
     diffuse glow of the stroma (a fraction of a count to ~1.5): most tissue pixels stay at 1-4 counts, as in real SHG.
+    ``faint``: the dim end of the real range (99th percentile 14-30 counts, stroma glow 1-2.5): most pixels 1-7.
     """
     solid = tissue * np.clip(1 - fat_in, 0, 1)
     fib = col["shg"] * solid * np.clip(1 - nuclei, 0, 1)
@@ -350,6 +371,8 @@ def _render_shg(tissue, col, nuclei, fat_in, f, rng, params) -> np.ndarray:
     empty_core = rng.random() < 0.1  # some cores show almost no SHG and a clean-zero background
     p99_target = float(np.clip(np.exp(rng.normal(np.log(105), 0.5)), 14, 252))
     glow = rng.uniform(0.3, 1.5)
+    if faint:
+        p99_target, glow = rng.uniform(14, 30), rng.uniform(1.0, 2.5)
     if empty_core:
         p99_target, glow = rng.uniform(10, 40), 0.0
         # faint patches over part of the core: even the emptiest real cores show signal over >= 15 % of the image
@@ -373,7 +396,12 @@ def _render_shg(tissue, col, nuclei, fat_in, f, rng, params) -> np.ndarray:
 
 
 def make_aligned_pair(
-    size: int, rng: np.random.Generator, *, length_scale: float | None = None
+    size: int,
+    rng: np.random.Generator,
+    *,
+    length_scale: float | None = None,
+    independent_texture: bool = False,
+    faint: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, TissueInfo]:
     """Render one synthetic TMA core in both modalities, perfectly aligned.
 
@@ -382,6 +410,9 @@ def make_aligned_pair(
         rng: the generator every random choice is drawn from (same state, same images).
         length_scale: pixels per pixel of an 834 px image (fibre widths, texture scales); ``size / 834`` when None.
             A larger field of view at the scale of a smaller image (``patch`` regimes) passes that image's scale.
+        independent_texture: the SHG's fibres are drawn anew in the same stroma (coarse layout shared, fine
+            texture independent of the bright field's); the draws for the default (False) are unchanged.
+        faint: SHG at the dim end of the real range (see :func:`_render_shg`).
 
     Returns:
         shg (1, H, W) uint8, bf (3, H, W) uint8 RGB, and a :class:`TissueInfo` on the same grid.
@@ -395,7 +426,13 @@ def make_aligned_pair(
     nuclei = _nuclei(size, f, tissue, col, rng, params)
     fat_in, fat_mem = _fat(size, f, tissue, rng, params)
     bf = _render_bf(tissue, col, nuclei, fat_in, fat_mem, f, rng, params)
-    shg = _render_shg(tissue, col, nuclei, fat_in, f, rng, params)
+    seen = col
+    if independent_texture:  # drawn after the bright field: the default pairs' draws are unchanged
+        seen = {**col, "shg": _independent_shg_fibres(size, f, tissue, col, rng)}
+        params.update(independent_texture=True)
+    if faint:
+        params.update(faint=True)
+    shg = _render_shg(tissue, seen, nuclei, fat_in, f, rng, params, faint=faint)
     solid = tissue * np.clip(1 - fat_in, 0, 1)  # stained tissue: fat vacuoles are as empty as the background
     landmark_map = ndimage.gaussian_filter(col["shg"] * solid, 1.5 * f + 0.8)
     landmark_map = landmark_map / (landmark_map.max() + 1e-6) + 0.5 * ndimage.gaussian_filter(nuclei * solid, f + 0.5)

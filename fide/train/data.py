@@ -73,7 +73,7 @@ def load_training_pair(pair: Pair, size_px: int, preprocess: PreprocessConfig | 
     fixed = geometry.downsample(minmax_normalise(fixed_raw), shape) if factor < 1 else minmax_normalise(fixed_raw)
     moving = geometry.downsample(minmax_normalise(moving_raw), shape) if factor < 1 else minmax_normalise(moving_raw)
     fixed_mask = _downsample_mask(shg_foreground(fixed_raw, preprocess.shg_threshold), shape)
-    moving_mask = _downsample_mask(bf_tissue(moving_raw, preprocess), shape)
+    moving_mask = _downsample_mask(bf_tissue(moving_raw), shape)
     return LoadedPair(fixed.clamp(0, 1), moving.clamp(0, 1), fixed_mask, moving_mask, pair.name)
 
 

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from fide.config import EncoderConfig, TrainConfig
+from fide.config import TrainConfig
 from fide.features.encoders import (
     ModalityEncoders,
     load_checkpoint,
@@ -136,7 +136,7 @@ def train(
     dataset_path: str | Path,
     out: str | Path,
     cfg: TrainConfig | None = None,
-    encoder_cfg: EncoderConfig | None = None,
+    network: dict[str, Any] | None = None,
     *,
     device: torch.device | str | None = None,
     resume: bool = False,
@@ -150,7 +150,8 @@ def train(
         dataset_path: Learn2Reg descriptor (``<TASK>_dataset.json``).
         out: where the best encoders go (``.pt``); the resumable state goes to :func:`last_checkpoint_path`.
         cfg: optimisation, augmentation, B-NCE and validation settings.
-        encoder_cfg: network (``out_channels``, ``unet_features``, ``size_px``); a resumed run keeps its own.
+        network: arguments of a new :class:`ModalityEncoders` (``out_channels``, ``features``, ``size_px``), its
+            defaults where missing; a resumed run keeps its own.
         device: compute device (CPU when None); under torchrun CUDA ranks use ``LOCAL_RANK``.
         resume: continue from the state file when it exists (a fresh start otherwise).
         validator: custom scorer; :func:`default_validator` when None.
@@ -165,7 +166,6 @@ def train(
         ValueError: invalid settings.
     """
     cfg = cfg or TrainConfig()
-    encoder_cfg = encoder_cfg or EncoderConfig()
     _check_train_config(cfg)
     out = Path(out)
     last_path = last_checkpoint_path(out)
@@ -179,15 +179,7 @@ def train(
         raise DatasetError(f"{dataset.path}: training_paired_images is empty, nothing to train on")
 
     resumed = load_checkpoint(last_path) if resume and last_path.is_file() else None
-    hparams = (
-        resumed["hparams"]
-        if resumed
-        else {
-            "out_channels": encoder_cfg.out_channels,
-            "features": list(encoder_cfg.unet_features),
-            "size_px": encoder_cfg.size_px,
-        }
-    )
+    hparams = resumed["hparams"] if resumed else dict(network or {})
     torch.manual_seed(cfg.seed)
     encoders = ModalityEncoders(**hparams)
     if resumed:

@@ -92,7 +92,7 @@ def _align_by_landmarks(pair: ValidationPair, size_px: int) -> LoadedPair:
         down(minmax_normalise(fixed)).clamp(0, 1),
         down(minmax_normalise(moving)).clamp(0, 1),
         (down(shg_foreground(fixed, preprocess.shg_threshold).float()) > 0.25).float(),
-        (down(bf_tissue(moving, preprocess).float()) > 0.25).float(),
+        (down(bf_tissue(moving).float()) > 0.25).float(),
         pair.name,
     )
 
