@@ -53,6 +53,8 @@ SYNTHETIC_REGIMES = {
     "patch180": "patch180",
     "hard": "hard",
     "mirror": "mirror",
+    "decoupled": "decoupled",
+    "decoupled-patch20": "decoupled-patch20",
 }
 TASKS = (*SYNTHETIC_REGIMES, "histolm")
 WORKER_INFO = "worker.json"
