@@ -76,15 +76,15 @@ class PairInputs:
 
     def quality(self, affine: torch.Tensor) -> float:
         """Full-resolution NMI of the label maps under an affine (the selection criterion and the quality score)."""
-        return self.quality_of_field(geometry.affine_to_disp(affine[None], self.fixed.shape))
+        return self.qualities(affine[None])[0]
 
     def qualities(self, affines: torch.Tensor) -> list[float]:
         """:meth:`quality` of (B, 3, 3) affines, in batches that keep the fields under ~64 MB."""
         per_batch = max(1, (1 << 23) // (self.fixed.shape[0] * self.fixed.shape[1]))
+        loss = LabelNMILoss(self.num_labels)
         out: list[float] = []
         for chunk in affines.split(per_batch):
             disp = geometry.affine_to_disp(chunk.to(self.fixed_labels.device, torch.float32), self.fixed.shape)
-            loss = LabelNMILoss(self.num_labels)
             out += label_nmi(loss, self.fixed_labels.float(), self.moving_labels.float(), disp).tolist()
         return out
 
@@ -166,6 +166,5 @@ def measure_evidence(
     texture = inputs.texture()
     if texture is None:
         return [PoseEvidence(a, q, source=source) for a, q in zip(affines, nmis)]
-    scores = texture.scores(stacked).tolist()
-    contrasts = [texture.contrast(a, cfg.confidence.texture_shift_px) for a in affines]
+    scores, contrasts = (v.tolist() for v in texture.scores_and_contrasts(stacked, cfg.confidence.texture_shift_px))
     return [PoseEvidence(a, q, c, t, source) for a, q, c, t in zip(affines, nmis, contrasts, scores)]

@@ -48,6 +48,18 @@ def test_texture_contrast_is_a_peak_at_the_truth_only(sparse_pair):
     assert abs(texture.contrast(truth @ similarity(70.0, 1.0, SIZE), shift_px=30.0)) < 0.25 * at_truth
 
 
+def test_scores_and_contrasts_of_a_batch_equal_each_pose_on_its_own(sparse_pair):
+    """The decision's evidence scores every hypothesis and its 8 shifted poses in one pass."""
+    fixed, moving, truth = sparse_pair
+    texture = fibre_texture.FibreTexture(fixed, moving)
+    poses = torch.stack([truth, truth @ similarity(70.0, 1.0, SIZE), truth @ similarity(-3.0, 1.02, SIZE)])
+    scores, contrasts = texture.scores_and_contrasts(poses, shift_px=30.0)
+    for pose, score, contrast in zip(poses, scores.tolist(), contrasts.tolist()):
+        assert score == pytest.approx(texture.score(pose), abs=1e-5)
+        assert contrast == pytest.approx(texture.contrast(pose, shift_px=30.0), abs=1e-5)
+    assert contrasts[0] > 0.5 > abs(contrasts[1])
+
+
 def test_texture_scores_in_chunks_equal_one_pass(sparse_pair, monkeypatch):
     fixed, moving, truth = sparse_pair
     texture = fibre_texture.FibreTexture(fixed, moving)

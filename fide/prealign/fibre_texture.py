@@ -277,15 +277,21 @@ class FibreTexture:
         (pixels at 834 px, fixed frame) in 8 directions. A true pose is a sharp peak (fibres decorrelate within a
         few pixels, the shifted NCC is ~0 or negative); a wrong pose scores about what its neighbours score.
         0 when the SHG has no patch."""
+        return float(self.scores_and_contrasts(affine[None], shift_px)[1][0])
+
+    def scores_and_contrasts(self, affines: torch.Tensor, shift_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`score` and :meth:`contrast` of (B, 3, 3) full-resolution affines, all 9 B poses scored at once →
+        (B,) and (B,); zeros when the SHG has no patch."""
         if not self.level.patches:
-            return 0.0
+            zeros = affines.new_zeros(affines.shape[0])
+            return zeros, zeros
         step = shift_px * self.level.length  # the level is the full-resolution grid
-        angles = torch.arange(8, dtype=affine.dtype, device=affine.device) * (torch.pi / 4)
+        angles = torch.arange(8, dtype=affines.dtype, device=affines.device) * (torch.pi / 4)
         offsets = torch.stack([angles.cos(), angles.sin()], 1) * step  # (8, 2) fixed-frame shifts
-        poses = affine.expand(9, 3, 3).clone()
-        poses[1:, :2, 2] += offsets @ affine[:2, :2].T
-        scores = self.scores(poses)
-        return float(scores[0] - scores[1:].mean())
+        poses = affines[:, None].expand(-1, 9, 3, 3).clone()  # (B, 9, 3, 3): each pose, then its 8 shifts
+        poses[:, 1:, :2, 2] += offsets @ affines[:, :2, :2].transpose(1, 2)
+        scores = self.scores(poses.reshape(-1, 3, 3)).view(-1, 9)
+        return scores[:, 0], scores[:, 0] - scores[:, 1:].mean(1)
 
     def polish(self, affine: torch.Tensor, iterations: int, learning_rate: float) -> tuple[torch.Tensor, float]:
         """:func:`polish_on_patches` at full resolution from a (3, 3) affine: the best affine seen and its score."""
