@@ -3,15 +3,15 @@
 
     python entrypoint.py [--input /input] [--output /output] [--dataset PATH] [--split val|test]
                          [--device auto|cpu|cuda] [--seed N] [--shard I/N] [--force] [--qc]
-                         [--threads N] [--jobs N]
+                         [--threads N] [--jobs N] [--dask ADDRESS]
 
 Finds the one ``*_dataset.json`` under ``--input`` (or takes ``--dataset``), registers ``registration_test`` when it
 lists pairs (else ``registration_val``) and writes ``disp_*.nii.gz`` and ``results.csv`` to ``--output``. Nothing is
 ever written under the input. Exit status: 0 when the descriptor was usable (failed pairs are recorded in
 ``results.csv`` with identity fields; a missing or corrupt image fails its pair only), 2 when the descriptor is
-missing, ambiguous or unusable. ``--shard``, ``--force``, ``--qc``, ``--threads`` and ``--jobs`` are those of
-``fide register`` (valid fields already in the output are kept unless ``--force``; the default thread count is the
-container's CPU quota, not the host's core count).
+missing, ambiguous or unusable. ``--shard``, ``--force``, ``--qc``, ``--threads``, ``--jobs`` and ``--dask`` are
+those of ``fide register`` (valid fields already in the output are kept unless ``--force``; the default thread
+count is the container's CPU quota, not the host's core count).
 """
 
 from __future__ import annotations

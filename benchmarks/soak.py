@@ -1,16 +1,22 @@
-"""Soak: does one process's memory stay flat over a long run? Resident memory after each of N pairs.
+"""Soak: do the workers' memory stay flat over a long run, and what does each executor register per minute?
 
-    .venv/bin/python benchmarks/soak.py [--pairs 200 --size 128 --distinct 10] [--quick] [--threads 2]
+    .venv/bin/python benchmarks/soak.py [--pairs 200 --size 834 --distinct 10 --early 20] [--threads 2]
+                                        [--config FILE] [--executors serial,jobs2,local2]
 
 Builds a synthetic task of ``--distinct`` pairs (``fide synth``, seed 4; cached in ``--cache``) and a descriptor
 listing ``--pairs`` pairs: case k is a hard link to the images of distinct pair k mod D under its own case id, so
-every pair is a separate registration with its own field. Then, in this one process, runs
-``fide.runner.register_pairs`` with the default configuration (learned encoders where shipped), CPU, and reads
-the resident set size (``VmRSS`` of /proc/self/status: current, not peak) after every pair through the
-``on_result`` callback. Small images keep 200 pairs feasible on a laptop CPU; leaks per pair (tables, caches,
-graphs kept alive) show at any size.
+every pair is a separate registration with its own field. Then registers all of them, in one run, three times
+(``fide.runner.register_pairs``, CPU, the default configuration or ``--config``, learned encoders where shipped):
 
-Prints RSS at a few pairs and the ratio RSS(last) / RSS(``--early``, default pair 20); target <= 1.10.
+* ``serial``: in this process, ``--threads`` threads;
+* ``jobs2``: ``--jobs 2`` (2 worker processes, ``--threads`` split between them);
+* ``local2``: ``--dask local:2`` (a local Dask cluster of 2 worker processes, the same split).
+
+After every pair it reads the resident set size (``VmRSS`` of /proc/PID/status: current, not peak) of each process
+that registers: this one for ``serial``, the spawned worker processes otherwise. Prints a Markdown table: wall
+time, pairs per minute, RSS per process after pair ``--early`` and after the last pair, the worst ratio of the two
+(target <= 1.05), and how many fields equal the earlier runs' bit for bit (one process uses all ``--threads``, the
+workers 1 each at ``--threads 2``: float sums may split differently between those, not between the two executors).
 """
 
 from __future__ import annotations
@@ -21,18 +27,46 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's fide, not an installed one
 logger = logging.getLogger("soak")
 
+EXECUTORS = {"serial": "one process", "jobs2": "--jobs 2", "local2": "--dask local:2"}
 
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+
+def _rss_mib(pid: int | str = "self") -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None  # the process ended
+    for line in text.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+    return None
+
+
+def _workers() -> list[int]:
+    """This process's descendants started by multiprocessing's spawn (the --jobs and Dask worker processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after the command name: state, ppid
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    stack, found = [os.getpid()], []
+    while stack:
+        for pid in children.get(stack.pop(), []):
+            stack.append(pid)
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                continue
+    return sorted(found)
 
 
 def _long_task(cache: Path, folder: Path, pairs: int, distinct: int, size: int) -> Path:
@@ -59,49 +93,104 @@ def _long_task(cache: Path, folder: Path, pairs: int, distinct: int, size: int) 
     return descriptor
 
 
+def _soak(name: str, pairs, out: Path, cfg, encoders, threads: int) -> dict:
+    """Register ``pairs`` with executor ``name``; wall seconds, statuses, RSS per process after every pair."""
+    from fide.executors import make_executor
+    from fide.runner import register_pairs
+
+    executor = {
+        "serial": lambda: make_executor(1, threads),
+        "jobs2": lambda: make_executor(2, threads),
+        "local2": lambda: make_executor(1, threads, dask="local:2"),
+    }[name]()
+    rss: list[dict[int, float]] = []
+
+    def record(pair, result) -> None:
+        pids = [os.getpid()] if name == "serial" else _workers()
+        rss.append({pid: value for pid in pids if (value := _rss_mib(pid)) is not None})
+
+    start = time.perf_counter()
+    table = register_pairs(pairs, out, cfg, encoders=encoders, on_result=record, executor=executor)
+    return {"seconds": time.perf_counter() - start, "table": table, "rss": rss}
+
+
+def _rss_cells(rss: list[dict[int, float]], early: int) -> tuple[str, str, str]:
+    """RSS per process after pair ``early`` and after the last pair, and the worst ratio over the processes."""
+    first, last = rss[early - 1], rss[-1]
+    both = sorted(set(first) & set(last))  # a process that died in between has no ratio
+    ratio = max((last[pid] / first[pid] for pid in both), default=float("nan"))
+    show = lambda row: " / ".join(f"{row[pid]:.0f}" for pid in sorted(row))  # noqa: E731
+    return show(first), show(last), f"{ratio:.3f}"
+
+
+def _same(first, second) -> bool:
+    return first.shape == second.shape and bool((first == second).all())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--early", type=int, default=20, help="the pair whose RSS is the reference")
     parser.add_argument("--distinct", type=int, default=10, help="distinct synthetic pairs behind the links")
-    parser.add_argument("--size", type=int, default=128, help="side of the synthetic images, px")
-    parser.add_argument("--threads", type=int, help="default: fide's (the cores this process may use)")
-    parser.add_argument("--quick", action="store_true", help="30 pairs, reference pair 10: a smoke run")
+    parser.add_argument("--size", type=int, default=834, help="side of the synthetic images, px (the challenge's)")
+    parser.add_argument("--threads", type=int, help="threads in all (default: the cores this process may use)")
+    parser.add_argument("--config", type=Path, help="JSON file with (part of) the FideConfig tree")
+    parser.add_argument("--executors", default=",".join(EXECUTORS), help=f"comma-separated, of {list(EXECUTORS)}")
     parser.add_argument("--cache", type=Path, default=REPO / "benchmarks" / ".cache")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.quick:
-        args.pairs, args.early = 30, 10
+    names = args.executors.split(",")
+    if set(names) - set(EXECUTORS) or not 1 <= args.early < args.pairs:
+        raise SystemExit(f"--executors must be of {list(EXECUTORS)} and 1 <= --early < --pairs")
 
+    import fide.cli  # noqa: F401 - fide's own GOMP_SPINCOUNT default, as for the commands
     from fide.cli._common import seed_everything
-    from fide.config import FideConfig
+    from fide.config import FideConfig, config_from_dict
     from fide.features.select import resolve_encoders
-    from fide.io import load_dataset
+    from fide.io import load_dataset, read_disp
     from fide.resources import configure_threads
-    from fide.runner import register_pairs
 
     threads = configure_threads(args.threads)
     seed_everything(0)
-    cfg = FideConfig()
-    rss: list[float] = []
+    cfg = config_from_dict(json.loads(args.config.read_text())) if args.config else FideConfig()
+    encoders = resolve_encoders(cfg.encoder)
     args.cache.mkdir(parents=True, exist_ok=True)
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="soak-", dir=args.cache) as tmp:  # beside the cache: hard links work
         descriptor = _long_task(args.cache, Path(tmp) / "task", args.pairs, args.distinct, args.size)
         pairs = load_dataset(descriptor).split("val")
-        encoders = resolve_encoders(cfg.encoder)
-        record = lambda pair, result: rss.append(_rss_mib())  # noqa: E731
-        table = register_pairs(pairs, Path(tmp) / "out", cfg, encoders=encoders, on_result=record)
-    if len(rss) < args.early:
-        raise SystemExit(f"only {len(rss)} pairs registered; statuses: {table['status'].value_counts().to_dict()}")
-    marks = sorted({1, args.early, *range(50, len(rss) + 1, 50), len(rss)})
-    print(f"\n{len(rss)} pairs of {args.size} px in one process ({threads} threads), default config, CPU\n")
-    print("| after pair | RSS MiB |")
-    print("|---|---|")
-    for mark in marks:
-        print(f"| {mark} | {rss[mark - 1]:.0f} |")
-    ratio = rss[-1] / rss[args.early - 1]
-    print(f"\nRSS after pair {len(rss)} / after pair {args.early}: {ratio:.3f} (target <= 1.10)")
-    print(f"seconds per pair: {table['seconds'].mean():.2f} (statuses {table['status'].value_counts().to_dict()})")
+        for name in names:
+            logger.warning("%s: %d pairs", EXECUTORS[name], len(pairs))
+            runs[name] = _soak(name, pairs, Path(tmp) / name, cfg, encoders, threads)
+            if len(runs[name]["rss"]) < args.early:
+                statuses = runs[name]["table"]["status"].value_counts().to_dict()
+                raise SystemExit(f"{name}: only {len(runs[name]['rss'])} pairs registered; statuses {statuses}")
+        # fields bit-identical to an earlier run's: one process, and --jobs 2 (the same 1 thread per worker)
+        root, same = Path(tmp), {}
+        for name in names:
+            for other in [n for n in ("serial", "jobs2") if n in names[: names.index(name)]]:
+                equal = sum(_same(*(read_disp(root / n / p.disp_name) for n in (other, name))) for p in pairs)
+                same.setdefault(name, []).append(f"{equal}/{len(pairs)} = {EXECUTORS[other]}")
+    features = "learned" if encoders is not None else "handcrafted"
+    print(
+        f"\n{args.pairs} pairs of {args.size} px, {threads} threads in all, CPU, {features} features, config "
+        f"{args.config.name if args.config else 'default'}, {time.strftime('%Y-%m-%d')}\n"
+    )
+    early = args.early
+    print(
+        f"| executor | wall s | pairs / min | RSS MiB after pair {early} (per process) | after pair {args.pairs} "
+        "| worst ratio | statuses | identical fields |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, run in runs.items():
+        first, last, ratio = _rss_cells(run["rss"], early)
+        statuses = ", ".join(f"{n} {s}" for s, n in run["table"]["status"].value_counts().items())
+        equal = "; ".join(same.get(name, ["reference"]))
+        rate = 60 * len(pairs) / run["seconds"]
+        print(
+            f"| {EXECUTORS[name]} | {run['seconds']:.0f} | {rate:.2f} | {first} | {last} | {ratio} | {statuses} "
+            f"| {equal} |"
+        )
     return 0
 
 

@@ -1,7 +1,7 @@
 """One pair's registration as a self-contained task: read, check, register, write, and fail alone.
 
-:func:`process_pair` runs a :class:`PairTask` the same way in the calling process (:mod:`fide.runner`) and in a
-worker process (:mod:`fide.workers`); both import it from here, so neither imports the other.
+:func:`process_pair` runs a :class:`PairTask` the same way in the calling process and in any executor's worker
+(:mod:`fide.executors`); the runner and the executors import it from here, so neither imports the other.
 """
 
 from __future__ import annotations
@@ -23,7 +23,16 @@ from fide.preprocess.signal import check_pair_signal
 from fide.resources import available_memory_bytes, estimate_pair_memory_bytes
 from fide.results import PairOutcome
 
-__all__ = ["PairTask", "process_pair", "check_memory", "fixed_shape", "identity_fallback", "one_line", "METHODS"]
+__all__ = [
+    "PairTask",
+    "process_pair",
+    "check_memory",
+    "fixed_shape",
+    "identity_fallback",
+    "discard_partials",
+    "one_line",
+    "METHODS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +73,20 @@ def identity_fallback(pair: Pair, path: Path) -> str:
     except (OSError, RuntimeError, ValueError, MemoryError) as err:
         return f"no field written ({one_line(err)})"
     return "identity field written"
+
+
+def discard_partials(task: PairTask) -> list[Path]:
+    """Remove the temporary files a worker that died mid-write left beside the task's outputs; return them.
+
+    Writers write to :func:`fide.io.atomic_path` and rename, so a death leaves only such a file, never a
+    half-written output under its real name. A ``worker`` task owns its whole folder (``OUT/<name>/``).
+    """
+    folder, name = task.target.parent, task.target.name
+    stem = name[: -len("".join(task.target.suffixes))] if task.target.suffixes else name
+    found = sorted(folder.glob(".*.part*" if task.worker is not None else f".{stem}.*.part*"))
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def one_line(err: BaseException) -> str:
@@ -112,7 +135,7 @@ def check_memory(pair: Pair) -> None:
 
 @dataclass
 class PairTask:
-    """Everything one pair's registration needs; picklable, so a worker process can run it (:mod:`fide.workers`)."""
+    """Everything one pair's registration needs; picklable, so a worker can run it (:mod:`fide.executors`)."""
 
     pair: Pair
     target: Path
@@ -122,8 +145,9 @@ class PairTask:
     features: FeatureFn | None = None
     encoders: ModalityEncoders | None = None
     want_result: bool = True
-    # registers the pair and writes its own outputs (``fide align``) instead of the read / method / field steps
-    worker: Callable[[Pair], RegistrationResult] | None = None
+    # registers the pair with the encoders and writes its own outputs (``fide align``) instead of the read / method /
+    # field steps; picklable for the worker processes and Dask
+    worker: Callable[[Pair, ModalityEncoders | None], RegistrationResult] | None = None
 
 
 def process_pair(task: PairTask) -> tuple[PairOutcome, RegistrationResult | None]:
@@ -135,7 +159,7 @@ def process_pair(task: PairTask) -> tuple[PairOutcome, RegistrationResult | None
     pair, cfg, start = task.pair, task.cfg, time.perf_counter()
     try:
         if task.worker is not None:
-            result = task.worker(pair)
+            result = task.worker(pair, task.encoders)
         else:
             if task.device is None or torch.device(task.device).type == "cpu":
                 check_memory(pair)

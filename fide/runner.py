@@ -12,11 +12,14 @@
 * **Bad input** fails its pair before any registration work, with one line naming the file: unreadable images,
   images with nothing to register (:mod:`fide.preprocess.signal`), or too large for the memory left
   (:func:`check_memory`). Exceptions fide does not raise itself are reported as internal errors.
-* **Jobs.** ``jobs=N`` registers in N worker processes (:mod:`fide.workers`); the table, resume and the fields
-  stay those of a single process.
+* **Executors.** Who runs the pairs: this process, ``jobs=N`` worker processes, or a Dask cluster
+  (:mod:`fide.executors`). The table, resume, failure rows, progress and callbacks are kept here, once, for all
+  three, and the fields stay those of a single process. A pair whose worker died twice is ``failed`` (identity
+  field, the temporary files of its interrupted write removed); a lost cluster stops the run
+  (:class:`fide.executors.ClusterError`) with the table current, so a rerun resumes.
 
 One pair's work (:class:`PairTask`, :func:`process_pair`, :func:`check_memory`, :data:`METHODS`) lives in
-:mod:`fide.pair_task`, which this module and the workers share; the names are re-exported here.
+:mod:`fide.pair_task`, which this module and the executors share; the names are re-exported here.
 """
 
 from __future__ import annotations
@@ -32,12 +35,21 @@ import torch
 from tqdm import tqdm
 
 from fide.config import FideConfig
+from fide.executors import Executor, WorkerLost, make_executor
 from fide.features import ModalityEncoders
 from fide.io import DatasetError, Pair, read_disp
 from fide.io.dataset import unique_pairs
-from fide.pair_task import METHODS, PairTask, check_memory, fixed_shape, one_line, process_pair
+from fide.pair_task import (
+    METHODS,
+    PairTask,
+    check_memory,
+    discard_partials,
+    fixed_shape,
+    identity_fallback,
+    one_line,
+    process_pair,
+)
 from fide.pipeline import FeatureFn, RegistrationResult
-from fide.resources import available_cpus, configure_threads
 from fide.results import (
     COLUMNS,
     RESULTS_NAME,
@@ -111,6 +123,15 @@ def _check_writable(output: Path) -> None:
         raise DatasetError(f"{output}: output folder is not writable ({err.strerror or err})") from None
 
 
+def _lost(task: PairTask, lost: WorkerLost) -> PairOutcome:
+    """The failure row of a pair whose worker died: what it left half-written removed, an identity field."""
+    for path in discard_partials(task):
+        logger.info("%s: removed %s, left by the worker that died", task.pair.name, path.name)
+    note = identity_fallback(task.pair, task.target) if task.worker is None else "no outputs written"
+    logger.error("%s failed: %s (%s)", task.pair.name, lost, note)
+    return PairOutcome(task.pair.name, "failed", float("nan"), float("nan"), message=str(lost))
+
+
 def register_pairs(
     pairs: list[Pair],
     output: Path,
@@ -125,8 +146,9 @@ def register_pairs(
     encoders: ModalityEncoders | None = None,
     jobs: int = 1,
     threads: int | None = None,
-    worker: Callable[[Pair], RegistrationResult] | None = None,
+    worker: Callable[[Pair, ModalityEncoders | None], RegistrationResult] | None = None,
     is_complete: Callable[[Pair], bool] | None = None,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
     """Register ``pairs`` and write ``disp_*.nii.gz`` plus the results table into ``output``.
 
@@ -137,8 +159,8 @@ def register_pairs(
         cfg: hyper-parameters.
         method: a key of :data:`METHODS`.
         device: compute device (CPU when None).
-        features: feature extractor passed to the pipeline (handcrafted MIND when None); must be picklable when
-            ``jobs`` > 1.
+        features: feature extractor passed to the pipeline (handcrafted MIND when None); must be picklable for
+            worker processes and Dask.
         on_result: called after each registered pair (e.g. to draw a QC picture), in this process; an error in it
             is logged and does not fail the pair.
         resume: keep pairs whose field is already complete and valid (and their earlier rows) instead of
@@ -146,28 +168,32 @@ def register_pairs(
         shard: ``(I, N)``: process only :func:`select_shard` ``(pairs, I, N)`` and write
             ``results.shard-I-of-N.csv`` instead of ``results.csv``.
         encoders: learned modality encoders for the fide method (handcrafted features when None).
-        jobs: worker processes registering pairs side by side (:mod:`fide.workers`); 1 = in this process.
+        jobs: worker processes registering pairs side by side (:mod:`fide.executors`); 1 = in this process.
         threads: threads in all (split evenly between the ``jobs`` workers); None = this process's torch setting
             for ``jobs`` = 1, :func:`fide.resources.available_cpus` otherwise.
-        worker: registers one pair and writes its own outputs (``fide align``), instead of reading the images,
-            running ``method`` and writing the field; a pair it fails gets no identity field, only its row. Only
-            with ``jobs`` = 1 (it need not be picklable).
+        worker: ``worker(pair, encoders)`` registers one pair and writes its own outputs (``fide align``), instead
+            of reading the images, running ``method`` and writing the field; a pair it fails gets no identity
+            field, only its row. Must be picklable for worker processes and Dask.
         is_complete: resume check for ``worker``'s outputs, instead of the field check.
+        executor: runs the pairs (e.g. :func:`fide.executors.make_executor` ``(dask=...)``) instead of the one
+            ``jobs`` and ``threads`` give.
 
     Returns:
         The results table of the processed pairs in ``pairs`` order (also written after every pair), columns
         ``pair, status, seconds, quality, confidence, mirrored, message``.
 
     Raises:
-        ValueError: unknown ``method``, invalid ``shard``, ``jobs`` or ``threads`` < 1.
+        ValueError: unknown ``method``, invalid ``shard``, ``jobs`` or ``threads`` < 1, or ``executor`` with
+            ``jobs`` > 1.
         DatasetError: the output folder or the results table is not writable, or two pairs share a field name.
+        fide.executors.ClusterError: the Dask scheduler could not be reached or went away (the table holds the
+            pairs done until then).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    if jobs < 1 or (threads is not None and threads < 1):
-        raise ValueError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
-    if worker is not None and jobs > 1:
-        raise ValueError(f"a worker function runs in this process only, got jobs={jobs}")
+    if executor is not None and jobs > 1:
+        raise ValueError(f"give jobs or an executor, not both (jobs={jobs})")
+    executor = executor or make_executor(jobs, threads)
     if shard is not None:
         pairs = select_shard(pairs, *shard)
     pairs = unique_pairs(list(pairs))
@@ -200,15 +226,9 @@ def register_pairs(
     progress.update(len(rows))
     if rows:
         write()
-    if jobs == 1:
-        if threads is not None:
-            configure_threads(threads)
-        outcomes = ((index, *process_pair(task)) for index, task in tasks.items())
-    else:
-        from fide.workers import run_in_workers  # multiprocessing only when asked for
-
-        outcomes = run_in_workers(tasks, jobs, threads or available_cpus())
-    for index, outcome, result in outcomes:
+    for index, outcome, result in executor.map_pairs(tasks):
+        if isinstance(outcome, WorkerLost):
+            outcome = _lost(tasks[index], outcome)
         rows[index] = outcome
         progress.set_postfix_str(outcome.pair)
         progress.update(1)

@@ -171,3 +171,27 @@ def test_readme_worked_example_runs_as_written(tmp_path, monkeypatch):
     assert reg.warp().shape == (512, 512, 3) and reg.warp_points([[120.0, 80.0]]).shape == (1, 2)
     reg.save("again/")
     assert np.allclose(json.loads(Path("again/transform.json").read_text())["pixel"]["matrix"], reg.affine)
+
+
+def test_pairs_csv_on_dask_gives_the_folders_of_the_serial_run(files, tmp_path, monkeypatch):
+    """``fide align --pairs --dask local:1`` (a real, fast registration in a worker process of 1 thread) against
+    this process (1 thread): the same fields bit for bit, the same table but for the seconds; the missing image
+    fails its pair alone."""
+    pytest.importorskip("distributed")
+    import fide.executors.dask_cluster as dask_cluster
+    from fide.io import read_disp
+
+    monkeypatch.setattr(dask_cluster, "available_cpus", lambda: 1)  # fide align has no --threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    root = files[0]
+    csv = tmp_path / "pairs.csv"
+    moving = [root / "bright field.tif", root / "missing.tif"]
+    pd.DataFrame({"fixed": [root / "shg.tif"] * 2, "moving": moving, "name": ["a", "b"]}).to_csv(csv, index=False)
+    for out, extra in (("one", []), ("dask", ["--dask", "local:1"])):
+        assert _align("--pairs", csv, "-o", tmp_path / out, "--config", root / "cfg.json", "--seed", "0", *extra) == 1
+    one, dask = (pd.read_csv(tmp_path / o / "results.csv", keep_default_na=False) for o in ("one", "dask"))
+    pd.testing.assert_frame_equal(one.drop(columns="seconds"), dask.drop(columns="seconds"))
+    assert one["status"].tolist() == ["ok", "failed"]
+    fields = [read_disp(tmp_path / o / "a" / "disp.nii.gz") for o in ("one", "dask")]
+    assert torch.equal(*fields)

@@ -19,7 +19,7 @@ from fide.pipeline import RegistrationResult
 from .registration import Registration, register_sources
 from .source import open_source
 
-__all__ = ["AlignPair", "read_pairs", "align_worker", "is_complete", "as_result"]
+__all__ = ["AlignPair", "read_pairs", "AlignWorker", "is_complete", "as_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,27 +93,29 @@ def is_complete(output: Path, pair: Pair) -> bool:
     return (folder / "transform.json").is_file() and (folder / "transform.tfm").is_file()
 
 
-def align_worker(
-    output: Path,
-    cfg: FideConfig,
-    *,
-    fixed_pixel_size=None,
-    moving_pixel_size=None,
-    working_px: int,
-    device=None,
-    encoders: ModalityEncoders | None = None,
-    inverse: bool = False,
-):
-    """The per-pair function :func:`fide.runner.register_pairs` calls: register, write ``OUT/<name>/``."""
+@dataclass(frozen=True)
+class AlignWorker:
+    """The per-pair function :func:`fide.runner.register_pairs` calls: register, write ``OUT/<name>/``.
 
-    def work(pair: Pair) -> RegistrationResult:
-        folder = output / pair.name
+    Picklable (worker processes, Dask): the encoders come with each call, from the executor.
+    """
+
+    output: Path
+    cfg: FideConfig
+    working_px: int
+    fixed_pixel_size: float | None = None
+    moving_pixel_size: float | None = None
+    device: torch.device | None = None
+    inverse: bool = False
+
+    def __call__(self, pair: Pair, encoders: ModalityEncoders | None = None) -> RegistrationResult:
+        folder = self.output / pair.name
         (folder / "transform.json").unlink(missing_ok=True)  # an earlier result must not look complete if this fails
-        fixed = open_source(pair.fixed, fixed_pixel_size, "fixed")
-        moving = open_source(pair.moving, moving_pixel_size, "moving")
-        reg = register_sources(fixed, moving, cfg, working_px=working_px, device=device, encoders=encoders)
-        reg.save(folder, inverse=inverse)
+        fixed = open_source(pair.fixed, self.fixed_pixel_size, "fixed")
+        moving = open_source(pair.moving, self.moving_pixel_size, "moving")
+        reg = register_sources(
+            fixed, moving, self.cfg, working_px=self.working_px, device=self.device, encoders=encoders
+        )
+        reg.save(folder, inverse=self.inverse)
         logger.info("%s: %s", pair.name, reg.summary())
         return as_result(reg)
-
-    return work

@@ -8,13 +8,14 @@ import logging
 from pathlib import Path
 
 from fide.align import WORKING_PX, open_source, register_sources
-from fide.align.batch import align_worker, is_complete, read_pairs
+from fide.align.batch import AlignWorker, is_complete, read_pairs
+from fide.executors import ClusterError
 from fide.features.select import resolve_encoders
 from fide.io import DatasetError
 from fide.runner import merge_results, register_pairs
 
 from ._common import add_device_arguments, seed_everything, select_device
-from .register import add_config_arguments, config_from_args, parse_shard
+from .register import add_config_arguments, add_dask_argument, config_from_args, executor_from_args, parse_shard
 
 __all__ = ["add_parser", "run"]
 
@@ -46,6 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard", type=parse_shard, metavar="I/N", help="--pairs: process pairs[I::N] only")
     parser.add_argument("--force", action="store_true", help="--pairs: recompute pairs already complete")
     parser.add_argument("--merge-shards", action="store_true", help="--pairs: only join the shards' results")
+    add_dask_argument(parser)
     add_config_arguments(parser)
     add_device_arguments(parser)
     parser.set_defaults(run=run)
@@ -54,6 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.pairs is None) == (args.fixed is None or args.moving is None):
         raise SystemExit("fide align: give FIXED MOVING, or --pairs pairs.csv (not both)")
+    if args.dask and args.pairs is None:
+        raise SystemExit("fide align: --dask registers a --pairs table; one pair runs here")
     if args.working_size < 64:
         raise SystemExit(f"fide align: --working-size must be at least 64 px, got {args.working_size}")
     cfg = config_from_args(args)
@@ -84,18 +88,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.moving.name} -> {args.fixed.name}: {reg.summary()}; outputs in {args.output}")
         return 0
     pairs = read_pairs(args.pairs)
-    worker = align_worker(
-        args.output, cfg, working_px=args.working_size, device=device, encoders=encoders, inverse=args.inverse, **sizes
-    )
-    table = register_pairs(
-        pairs,
-        args.output,
-        cfg,
-        worker=worker,
-        is_complete=lambda pair: is_complete(args.output, pair),
-        resume=not args.force,
-        shard=args.shard,
-    )
+    executor = executor_from_args(args, "align")
+    worker = AlignWorker(args.output, cfg, args.working_size, device=device, inverse=args.inverse, **sizes)
+    try:
+        table = register_pairs(
+            pairs,
+            args.output,
+            cfg,
+            encoders=encoders,
+            worker=worker,
+            is_complete=lambda pair: is_complete(args.output, pair),
+            resume=not args.force,
+            shard=args.shard,
+            executor=executor,
+        )
+    except ClusterError as err:
+        raise SystemExit(f"fide align: {err}") from None
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     failed = int((table["status"] == "failed").sum())
     logger.info("%d pairs, %d failed; results in %s", len(table), failed, args.output / "results.csv")

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from fide.config import MIRROR_CHOICES, STAGES, FideConfig, SearchConfig, config_from_dict
+from fide.executors import ClusterError, Executor, make_executor
 from fide.features import ModalityEncoders
 from fide.features.select import resolve_encoders
 from fide.io import Pair, load_dataset
@@ -29,6 +30,8 @@ __all__ = [
     "parse_shard",
     "add_run_arguments",
     "positive_int",
+    "executor_from_args",
+    "add_dask_argument",
 ]
 
 logger = logging.getLogger("fide")
@@ -75,8 +78,26 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_dask_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="register on a Dask cluster: a scheduler (tcp://host:8786) or local:N worker processes "
+        "(needs pip install 'fide[dask]')",
+    )
+
+
+def executor_from_args(args: argparse.Namespace, command: str) -> Executor:
+    """The executor of ``--jobs``, ``--threads`` and ``--dask``; a bad combination exits with one line."""
+    try:
+        return make_executor(getattr(args, "jobs", 1), getattr(args, "threads", None), getattr(args, "dask", None))
+    except ValueError as err:
+        raise SystemExit(f"fide {command}: {err}") from None
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--shard``, ``--force``, ``--qc``, ``--threads``, ``--jobs``: for ``fide register`` and the entry point."""
+    """``--shard``, ``--force``, ``--qc``, ``--threads``, ``--jobs``, ``--dask``: for ``fide register`` and the
+    entry point."""
     parser.add_argument("--shard", type=parse_shard, metavar="I/N", help="process pairs[I::N] only (0 <= I < N)")
     parser.add_argument("--force", action="store_true", help="recompute pairs whose field is already valid")
     parser.add_argument("--qc", action="store_true", help="write QC pictures to OUTPUT/qc/ (PNG per pair, summary)")
@@ -86,6 +107,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs", type=positive_int, default=1, metavar="N", help="worker processes, threads split between them"
     )
+    add_dask_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> FideConfig:
@@ -133,24 +155,27 @@ def register_with_run_options(
 
     Shared by ``fide register`` and the container entry point; ``args.output`` is the output folder.
     """
+    executor = executor_from_args(args, "register")
     recorder = None
     if args.qc:
         from fide.qc import QCRecorder  # matplotlib only when asked for
 
         recorder = QCRecorder(args.output / "qc", flag_below=cfg.confidence.flag_below)
-    table = register_pairs(
-        pairs,
-        args.output,
-        cfg,
-        method=method,
-        device=device,
-        encoders=encoders,
-        on_result=recorder,
-        resume=not args.force,
-        shard=args.shard,
-        jobs=args.jobs,
-        threads=args.threads,
-    )
+    try:
+        table = register_pairs(
+            pairs,
+            args.output,
+            cfg,
+            method=method,
+            device=device,
+            encoders=encoders,
+            on_result=recorder,
+            resume=not args.force,
+            shard=args.shard,
+            executor=executor,
+        )
+    except ClusterError as err:
+        raise SystemExit(f"fide register: {err}") from None
     if recorder is not None:
         todo = select_shard(pairs, *args.shard) if args.shard else pairs
         summary = recorder.finish(todo, table, args.output, shard=args.shard)
@@ -175,17 +200,9 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     todo = select_shard(pairs, *args.shard) if args.shard else pairs
     shard_note = f" (shard {args.shard[0]}/{args.shard[1]} of {len(pairs)})" if args.shard else ""
-    logger.info(
-        "%s: %d %s pairs%s on %s (%d threads, %d jobs), method %s",
-        dataset.name,
-        len(todo),
-        split,
-        shard_note,
-        device,
-        threads,
-        args.jobs,
-        args.method,
-    )
+    where = f"Dask {args.dask}" if args.dask else f"{threads} threads, {args.jobs} jobs"
+    name, method = dataset.name, args.method
+    logger.info("%s: %d %s pairs%s on %s (%s), method %s", name, len(todo), split, shard_note, device, where, method)
     try:
         encoders = resolve_encoders(cfg.encoder, device) if args.method == "fide" else None
     except (FileNotFoundError, ValueError) as err:  # e.g. --features learned without weights
