@@ -103,6 +103,7 @@ def align_worker(
     device=None,
     encoders: ModalityEncoders | None = None,
     inverse: bool = False,
+    compression: str = "zlib",
 ):
     """The per-pair function :func:`fide.runner.register_pairs` calls: register, write ``OUT/<name>/``."""
 
@@ -112,7 +113,7 @@ def align_worker(
         fixed = open_source(pair.fixed, fixed_pixel_size, "fixed")
         moving = open_source(pair.moving, moving_pixel_size, "moving")
         reg = register_sources(fixed, moving, cfg, working_px=working_px, device=device, encoders=encoders)
-        reg.save(folder, inverse=inverse)
+        reg.save(folder, inverse=inverse, compression=compression)
         logger.info("%s: %s", pair.name, reg.summary())
         return as_result(reg)
 
