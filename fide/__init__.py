@@ -17,4 +17,12 @@ def register(fixed, moving, cfg=None, **options):
     return _register(fixed, moving, cfg, **options)
 
 
-__all__ = ["register", "__version__"]
+def load(folder):
+    """The registration a ``fide align`` output folder holds, to carry points, GeoJSON and images across: see
+    :func:`fide.align.load`. Imported lazily, like :func:`register`."""
+    from fide.align import load as _load
+
+    return _load(folder)
+
+
+__all__ = ["register", "load", "__version__"]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fide import geometry
+from fide.arrays import as_points, as_tensor
 from fide.io import read_disp
 
 __all__ = ["warp_points", "invert_points", "load_field"]
@@ -33,20 +34,16 @@ def load_field(disp: str | Path | torch.Tensor | np.ndarray) -> torch.Tensor:
     if isinstance(disp, (str, Path)):
         field = read_disp(disp)
     else:
-        field = torch.as_tensor(disp)
+        field = as_tensor(disp, "disp")
     field = field[None] if field.ndim == 3 else field
     if field.ndim != 4 or field.shape[:2] != (1, 2):
         raise ValueError(f"disp must have shape (2, H, W) or (1, 2, H, W), got {tuple(field.shape)}")
     return field.detach().to("cpu", torch.float64)
 
 
-def _points(points: np.ndarray | torch.Tensor) -> torch.Tensor:
-    array = torch.as_tensor(np.asarray(points, dtype=np.float64))
-    if array.ndim != 2 or array.shape[1] != 2:
-        raise ValueError(f"points must have shape (N, 2) (array order i, j), got {tuple(array.shape)}")
-    if not torch.isfinite(array).all():
-        raise ValueError("points must be finite")
-    return array
+def _points(points) -> torch.Tensor:
+    """Any array-like of (N, 2) points (lists, numpy views of any strides, torch tensors) as float64."""
+    return torch.from_numpy(as_points(points))
 
 
 def warp_points(
@@ -66,8 +63,10 @@ def warp_points(
     Inverse: moving points ``q`` → fixed points ``p`` with ``p + u(p) = q`` (see :func:`invert_points`).
 
     Args:
-        points: (N, 2) pixels, array order (i, j) = (nibabel axis 0, axis 1), as in Learn2Reg landmark CSVs.
-        disp: a ``disp_*.nii.gz`` path, or (2, H, W) / (1, 2, H, W) displacement, pixels, fixed to moving.
+        points: (N, 2) pixels, array order (i, j) = (nibabel axis 0, axis 1), as in Learn2Reg landmark CSVs; any
+            array-like (lists, numpy views of any strides, integer or float, torch tensors).
+        disp: a ``disp_*.nii.gz`` path, or (2, H, W) / (1, 2, H, W) displacement array-like, pixels, fixed to
+            moving.
         inverse: map moving points to the fixed image instead.
         tolerance_px: inverse only: stop when every residual ``|p + u(p) - q|`` is below this.
         max_iterations: inverse only: iteration cap.

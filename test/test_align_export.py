@@ -155,17 +155,18 @@ def test_deformable_map_follows_the_working_field_and_inverts(tmp_path):
 
 
 def test_streamed_bands_and_tiles_give_the_same_image_as_one_piece(tmp_path, monkeypatch):
-    """Bands of 8 rows and tiles of 16 columns (a 20 000² image streams the same way) change no pixel."""
+    """Bands and TIFF tiles of 16 px and resampling tiles of 16 columns (a 20 000² image streams the same way)
+    change no pixel."""
     from fide.align import export, resample
 
     tifffile.imwrite(tmp_path / "f.tif", _smooth(40, 50, 1, 1)[..., 0].astype(np.uint8))
     tifffile.imwrite(tmp_path / "m.tif", _smooth(60, 70, 3, 2).astype(np.uint16), photometric="rgb")
     reg = _known(tmp_path / "f.tif", tmp_path / "m.tif", _affine(angle_deg=35.0), bump_px=1.5)
     whole = reg.save(tmp_path / "whole", qc=False)
-    monkeypatch.setattr(export, "_BAND_ROWS", 8)
+    monkeypatch.setattr(export, "_TILE_PX", 16)
     monkeypatch.setattr(resample, "_TILE_PX", 16)
     pieces = reg.save(tmp_path / "pieces", qc=False)
     one, many = tifffile.imread(whole["moving_warped"]), tifffile.imread(pieces["moving_warped"])
     assert one.dtype == np.uint16 and one.shape == (40, 50, 3) and np.array_equal(one, many)
     with tifffile.TiffFile(pieces["moving_warped"]) as tif:
-        assert tif.pages[0].rowsperstrip == 8
+        assert tif.pages[0].tilewidth == 16 and tif.pages[0].tilelength == 16

@@ -167,6 +167,18 @@ def test_readme_worked_example_runs_as_written(tmp_path, monkeypatch):
     for args in (["pair/pairs.csv", "aligned/", "--flat"], ["pair/pairs.csv", "batch/"]):
         printed = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True)
         assert "1/1 pairs under 2.0 px" in printed.stdout
+    columns = ["--columns", "moving_x,moving_y"]
+    assert main(["transform", "aligned/", "pair/landmarks.csv", "-o", "on_shg.csv", *columns]) == 0
+    assert main(["transform", "aligned/", "on_shg.csv", "-o", "back.csv", *columns, "--inverse"]) == 0
+    landmarks, on_shg, back = (pd.read_csv(p) for p in ("pair/landmarks.csv", "on_shg.csv", "back.csv"))
+    error = np.linalg.norm(
+        on_shg[["moving_x", "moving_y"]].to_numpy() - landmarks[["fixed_x", "fixed_y"]].to_numpy(), axis=1
+    )
+    assert error.mean() < 2.0  # SHG pixels (0.5 µm)
+    assert (
+        np.abs(back[["moving_x", "moving_y"]].to_numpy() - landmarks[["moving_x", "moving_y"]].to_numpy()).max() < 1e-3
+    )
+    assert fide.load("aligned/").transform_points([[120.0, 80.0]]).shape == (1, 2)
     reg = fide.register("pair/shg.ome.tif", "pair/bright field.ome.tif")
     assert reg.warp().shape == (512, 512, 3) and reg.warp_points([[120.0, 80.0]]).shape == (1, 2)
     reg.save("again/")

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 import tifffile
 
 from fide.io import DatasetError
-from fide.io.microscopy import format_family, inspect_image, read_level, write_warped_sitk, write_warped_tiff
+from fide.io.microscopy import format_family, inspect_image, read_level, write_ome_pyramid, write_warped_sitk
 
 RNG = np.random.default_rng(0)
 
@@ -112,14 +112,35 @@ def test_stacks_damaged_and_unknown_files_give_one_line_errors(tmp_path):
         inspect_image(tmp_path / "missing.tif")
 
 
-def test_streamed_ome_tiff_reads_back_in_tifffile_and_simpleitk(tmp_path):
+def test_tiled_ome_tiff_reads_back_with_its_pixel_size(tmp_path):
+    """tifffile and fide read it back (SimpleITK's TIFF reader decodes tiled files only as 8-bit RGBA: not used)."""
     picture = _picture(np.uint16, 3, rows=20, cols=7)
-    bands = (picture[r : r + 8] for r in range(0, 20, 8))
-    path = write_warped_tiff(tmp_path / "w.ome.tif", (7, 20), 3, np.dtype(np.uint16), bands, 8, (0.5, 2.0))
+
+    def tiles():  # one level of 16 px tiles, zero-padded at the edges
+        for r in range(0, 20, 16):
+            tile = np.zeros((16, 16, 3), np.uint16)
+            tile[: min(16, 20 - r), :7] = picture[r : r + 16]
+            yield tile
+
+    path = write_ome_pyramid(
+        tmp_path / "w.ome.tif",
+        [(7, 20)],
+        3,
+        np.dtype(np.uint16),
+        iter([tiles()]),
+        16,
+        pixel_size_um=(0.5, 2.0),
+        channel_name="bf",
+    )
     assert np.array_equal(tifffile.imread(path), picture)
-    image = sitk.ReadImage(str(path))
-    assert image.GetNumberOfComponentsPerPixel() == 3 and image.GetSize() == (7, 20)
-    assert image.GetSpacing() == pytest.approx((0.5e-3, 2e-3))  # SimpleITK reads the resolution tags in mm
+    with pytest.raises(ValueError, match="compression must be one of"):
+        write_ome_pyramid(
+            tmp_path / "x.ome.tif", [(7, 20)], 3, np.dtype(np.uint16), iter([tiles()]), 16, compression="lzw"
+        )
+    with pytest.raises(ValueError, match="'jpeg' needs uint8"):
+        write_ome_pyramid(
+            tmp_path / "x.ome.tif", [(7, 20)], 3, np.dtype(np.uint16), iter([tiles()]), 16, compression="jpeg"
+        )
     assert inspect_image(path).pixel_size_um == pytest.approx((0.5, 2.0))
     assert not list(tmp_path.glob(".*part*"))
 

@@ -107,6 +107,7 @@ class AlignWorker:
     moving_pixel_size: float | None = None
     device: torch.device | None = None
     inverse: bool = False
+    compression: str = "zlib"
 
     def __call__(self, pair: Pair, encoders: ModalityEncoders | None = None) -> RegistrationResult:
         folder = self.output / pair.name
@@ -116,6 +117,6 @@ class AlignWorker:
         reg = register_sources(
             fixed, moving, self.cfg, working_px=self.working_px, device=self.device, encoders=encoders
         )
-        reg.save(folder, inverse=self.inverse)
+        reg.save(folder, inverse=self.inverse, compression=self.compression)
         logger.info("%s: %s", pair.name, reg.summary())
         return as_result(reg)

@@ -9,8 +9,10 @@
   both frames (origin, spacing, direction) written out.
 * ``disp.nii.gz``: the Learn2Reg field, (X, Y, 1, 2), pixels, fixed to moving; fixed images above
   ``_DISP_MAX_PX`` pixels get none (4 GB for 20 000²; the .tfm carries the same map).
-* ``moving_warped.<ext>`` / ``fixed_warped.<ext>``: resampled bilinearly at full resolution in bands of rows, a
-  TIFF written strip by strip (peak memory: the source image plus one band).
+* ``moving_warped.<ext>`` / ``fixed_warped.<ext>``: resampled bilinearly at full resolution in bands of rows; a
+  TIFF family input gives a tiled pyramidal OME-TIFF (:mod:`fide.align.pyramid`: 512 px tiles, levels down to
+  1024 px, zlib or JPEG, pixel size, channel name and colour), written tile by tile (peak memory: the source image
+  plus one band per level).
 """
 
 from __future__ import annotations
@@ -29,31 +31,58 @@ import fide
 from fide import geometry
 from fide.geometry import PhysicalFrame
 from fide.io import atomic_path, write_disp
-from fide.io.microscopy import write_warped_sitk, write_warped_tiff
+from fide.io.microscopy import compression_option, write_warped_sitk
 
+from .pyramid import TILE_PX, write_warped
 from .resample import PixelMap, cast_pixels, iter_warped_bands, warp_array, without_alpha
 from .source import ImageSource
 
 if TYPE_CHECKING:  # annotations only: Registration.save calls this module, so it never imports it back
     from .registration import Registration
 
-__all__ = ["save", "warp_array", "iter_warped_bands", "physical_transform", "transform_description", "OUTPUT_NAMES"]
+__all__ = [
+    "save",
+    "warp_array",
+    "iter_warped_bands",
+    "physical_transform",
+    "pixel_map_of",
+    "transform_description",
+    "channel_name",
+    "OUTPUT_NAMES",
+]
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ("transform.tfm", "transform.json", "qc.png")  # plus disp.nii.gz and the warped images
-_BAND_ROWS = 256  # rows per band (and TIFF strip) of the streamed resampling
+_TILE_PX = TILE_PX  # tile side of the pyramidal OME-TIFFs, and rows per band of the streamed resampling
 _DISP_MAX_PX = 4096 * 4096  # largest fixed image that gets a dense disp.nii.gz (128 MiB)
 _TFM_FIELD_PX = 256
 
 
-def _write_warped(path: Path, source: ImageSource, mapping: PixelMap, target: ImageSource, label: str) -> Path:
+def channel_name(source: ImageSource) -> str:
+    """The OME channel name of an image from ``source``: its file name without extension."""
+    return Path(source.name).name.split(".")[0].strip("<>")
+
+
+def _write_warped(
+    path: Path, source: ImageSource, mapping: PixelMap, target: ImageSource, label: str, compression: str, notes
+) -> Path:
     """Resample ``source`` onto ``target``'s full-resolution grid and write it in ``source``'s format family."""
     colour = without_alpha(source.read(0))
     if source.info.family == ".ome.tif":
-        bands = iter_warped_bands(colour, mapping, target.shape, rows=_BAND_ROWS, progress=label)
-        return write_warped_tiff(
-            path, target.shape, colour.shape[2], colour.dtype, bands, _BAND_ROWS, target.pixel_size_um
+        if compression == "jpeg" and colour.dtype != np.uint8:
+            notes.append(f"{path.name}: {colour.dtype} pixels, written with zlib (JPEG takes 8-bit pixels only)")
+            compression = "zlib"
+        return write_warped(
+            path,
+            colour,
+            mapping,
+            target.shape,
+            compression=compression,
+            pixel_size_um=target.pixel_size_um,
+            channel_name=channel_name(source),
+            tile=_TILE_PX,
+            progress=label,
         )
     warped = np.transpose(np.concatenate(list(iter_warped_bands(colour, mapping, target.shape)), 0), (1, 0, 2))
     frame = target.info.frame
@@ -108,6 +137,53 @@ def physical_transform(reg: Registration) -> tuple[sitk.Transform, np.ndarray, l
     return composite, matrix.numpy(), notes
 
 
+def _input_name(source: ImageSource) -> str:
+    """The absolute path of a file input (``fide.load`` reopens it), or the array's placeholder name."""
+    return str(Path(source.name).resolve()) if source.array is None else source.name
+
+
+def pixel_map_of(transform: sitk.Transform, fixed: PhysicalFrame, moving: PhysicalFrame) -> PixelMap:
+    """The full-resolution pixel map, fixed (x, y) → moving (x, y), of a transform in ITK physical space.
+
+    The one reader of ``transform.tfm`` (:func:`physical_transform` is its writer): an affine (any ITK
+    matrix-offset transform), or a ``CompositeTransform`` ``[affine, displacement field]`` (ITK applies the last
+    first: ``T(x) = A(x + d(x))``). Between the field's samples the map is bilinear, like ITK's linear interpolator;
+    beyond them it takes the border displacement (ITK: zero; the written field covers the whole fixed image).
+
+    Args:
+        transform: what ``SimpleITK.ReadTransform`` gives for a ``transform.tfm``.
+        fixed, moving: the two images' ITK frames (``transform.json``'s ``physical`` frames), one dimension d.
+
+    Raises:
+        ValueError: a transform of another kind or order (named).
+    """
+    parts = [transform.Downcast()]
+    if isinstance(parts[0], sitk.CompositeTransform):
+        parts = [parts[0].GetNthTransform(k).Downcast() for k in range(parts[0].GetNumberOfTransforms())]
+    kinds = [part.GetName() for part in parts]
+    dim = fixed.dimension
+    if not hasattr(parts[0], "GetMatrix") or len(parts) > 2:
+        raise ValueError(f"transform must be an affine or [affine, displacement field], got {kinds}")
+    if len(parts) == 2 and not isinstance(parts[1], sitk.DisplacementFieldTransform):
+        raise ValueError(f"transform must be an affine or [affine, displacement field], got {kinds}")
+    linear = torch.tensor(parts[0].GetMatrix(), dtype=torch.float64).view(dim, dim)
+    centre = torch.tensor(parts[0].GetCenter(), dtype=torch.float64)
+    physical = torch.eye(dim + 1, dtype=torch.float64)  # T(x) = M (x - c) + c + t
+    physical[:dim, :dim] = linear
+    physical[:dim, dim] = torch.tensor(parts[0].GetTranslation(), dtype=torch.float64) + centre - linear @ centre
+    if len(parts) == 1:
+        return PixelMap(geometry.physical_to_pixel_affine(physical, fixed, moving))
+    if dim != 2:
+        raise ValueError(f"a displacement field is read in 2D frames only, got {dim}D")
+    image = parts[1].GetDisplacementField()
+    to_grid = geometry.index_to_physical(PhysicalFrame.of_image(image))  # field index -> physical
+    values = torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float64)).permute(2, 1, 0)  # (2, X, Y)
+    field = (torch.linalg.inv(to_grid[:2, :2]) @ values.reshape(2, -1)).reshape(1, *values.shape)  # index units
+    pre = torch.linalg.inv(to_grid) @ geometry.index_to_physical(fixed)
+    post = torch.linalg.inv(geometry.index_to_physical(moving)) @ physical @ to_grid
+    return PixelMap(pre, field, post)
+
+
 def _frame_dict(frame: PhysicalFrame) -> dict:
     return {"origin": list(frame.origin), "spacing": list(frame.spacing), "direction": list(frame.direction)}
 
@@ -131,6 +207,7 @@ def transform_description(reg: Registration, physical: np.ndarray, notes: list[s
             "moving_frame": _frame_dict(moving),
         },
         "pixel_size_um": {"fixed": reg.fixed.pixel_size_um, "moving": reg.moving.pixel_size_um},
+        "inputs": {"fixed": _input_name(reg.fixed), "moving": _input_name(reg.moving)},
         "deformable": reg.deformable,
         "quality": reg.quality,
         "confidence": reg.confidence,
@@ -170,12 +247,18 @@ def _write_disp(path: Path, reg: Registration) -> Path | None:
     return write_disp(path, disp.float())
 
 
-def save(reg: Registration, folder: Path, *, inverse: bool = False, qc: bool = True) -> dict[str, Path]:
+def save(
+    reg: Registration, folder: Path, *, inverse: bool = False, qc: bool = True, compression: str = "zlib"
+) -> dict[str, Path]:
     """Write every output of one registration into ``folder`` (created); each file atomically.
+
+    ``compression`` ("zlib", "jpeg" or "none") applies to the warped OME-TIFFs; JPEG to 8-bit ones only (others
+    get zlib, with a note in ``transform.json``).
 
     Returns:
         Output name → path (``disp`` missing above ``_DISP_MAX_PX``).
     """
+    compression_option(compression)
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     disp = _write_disp(folder / "disp.nii.gz", reg)
@@ -183,11 +266,23 @@ def save(reg: Registration, folder: Path, *, inverse: bool = False, qc: bool = T
         written["disp"] = disp
     transform, physical, notes = physical_transform(reg)
     written["moving_warped"] = _write_warped(
-        folder / f"moving_warped{reg.moving.info.family}", reg.moving, reg.forward, reg.fixed, "moving_warped"
+        folder / f"moving_warped{reg.moving.info.family}",
+        reg.moving,
+        reg.forward,
+        reg.fixed,
+        "moving_warped",
+        compression,
+        notes,
     )
     if inverse:
         written["fixed_warped"] = _write_warped(
-            folder / f"fixed_warped{reg.fixed.info.family}", reg.fixed, reg.backward, reg.moving, "fixed_warped"
+            folder / f"fixed_warped{reg.fixed.info.family}",
+            reg.fixed,
+            reg.backward,
+            reg.moving,
+            "fixed_warped",
+            compression,
+            notes,
         )
     if qc:
         from fide.qc import qc_figure  # matplotlib only when asked for

@@ -23,7 +23,8 @@ from fide.pipeline import RegistrationResult, register_pair
 from fide.reproducibility import seed_everything
 from fide.warp_points import invert_points
 
-from .resample import PixelMap, warp_array
+from .aligned import Aligned
+from .resample import PixelMap
 from .source import ImageSource, WorkingImage, open_source, working_image
 
 __all__ = ["Registration", "PixelMap", "register", "register_sources", "working_shapes", "WORKING_PX"]
@@ -36,8 +37,12 @@ _FIELD_FLAT_PX = 1e-3  # a residual field below this everywhere is the affine it
 
 
 @dataclass
-class Registration:
+class Registration(Aligned):
     """The result of :func:`register`: fixed (x, y) pixels map to moving (x, y) pixels, full resolution.
+
+    Points, GeoJSON and images cross it with :class:`~fide.align.aligned.Aligned`'s methods: ``warp_points``
+    (fixed → moving), ``transform_points`` / ``transform_geojson`` (moving → fixed), ``warp`` and ``write_image``
+    (moving grid → fixed grid); each takes ``inverse=True`` for the other way.
 
     Attributes:
         fixed, moving: the two inputs (metadata; pixels of arrays).
@@ -100,53 +105,15 @@ class Registration:
                 self._backward = PixelMap(self.working_moving.to_working, field_, post)
         return self._backward
 
-    def warp_points(self, points: np.ndarray, *, inverse: bool = False) -> np.ndarray:
-        """Map (N, 2) fixed (x, y) pixel points to the moving image; ``inverse=True`` maps moving points back."""
-        array = np.asarray(points, dtype=np.float64)
-        if array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
-            raise ValueError(f"points must be a finite (N, 2) array of (x, y) pixels, got shape {array.shape}")
-        points = torch.from_numpy(array)
-        if not inverse:
-            return self.forward(points).numpy()
-        if not self.deformable:
-            return self.backward(points).numpy()
-        # solved per point on the working field (exact to 1e-6 working px), not read off the gridded inverse
-        working = geometry.apply_affine_to_points(self.working_moving.to_working, points)
-        solved = invert_points(working, self.working_disp.to(torch.float64))
-        return geometry.apply_affine_to_points(torch.linalg.inv(self.working_fixed.to_working), solved).numpy()
-
-    def warp(self, image: str | Path | np.ndarray | None = None, *, inverse: bool = False) -> np.ndarray:
-        """Resample an image on the moving grid onto the fixed grid (bilinear, 0 outside), full resolution.
-
-        Args:
-            image: a (rows, columns[, channels]) array or a file of the moving image's size (another stain,
-                a label image); the moving image itself when None. With ``inverse=True``: an image of the fixed
-                grid, resampled onto the moving grid.
-            inverse: resample from the fixed grid onto the moving grid instead.
-
-        Returns:
-            (rows, columns[, channels]) array of the target grid, the input's dtype (rounded and clipped).
-        """
-        source = self.fixed if inverse else self.moving
-        if image is not None:
-            source = open_source(image, None, "image")
-        expected = (self.fixed if inverse else self.moving).shape
-        if source.shape != expected:
-            raise ValueError(
-                f"image must have the {'fixed' if inverse else 'moving'} grid's size {expected[::-1]} "
-                f"(rows, columns), got {source.shape[::-1]}"
-            )
-        target = self.moving if inverse else self.fixed
-        warped = warp_array(source.read(), self.backward if inverse else self.forward, target.shape)
-        out = np.transpose(warped, (1, 0, 2))
-        return out[:, :, 0] if out.shape[2] == 1 and (image is None or np.ndim(image) != 3) else out
-
-    def save(self, folder: str | Path, *, inverse: bool = False, qc: bool = True) -> dict[str, Path]:
+    def save(
+        self, folder: str | Path, *, inverse: bool = False, qc: bool = True, compression: str = "zlib"
+    ) -> dict[str, Path]:
         """Write ``transform.tfm``, ``transform.json``, ``disp.nii.gz``, ``moving_warped.<ext>`` (and with
-        ``inverse`` ``fixed_warped.<ext>``) and ``qc.png`` into ``folder``; see :func:`fide.align.export.save`."""
+        ``inverse`` ``fixed_warped.<ext>``) and ``qc.png`` into ``folder``; see :func:`fide.align.export.save`.
+        ``compression``: "zlib", "jpeg" (8-bit images) or "none", for the warped OME-TIFFs."""
         from .export import save  # the writers (SimpleITK, TIFF, matplotlib) only when saving
 
-        return save(self, Path(folder), inverse=inverse, qc=qc)
+        return save(self, Path(folder), inverse=inverse, qc=qc, compression=compression)
 
     def summary(self) -> str:
         """One line: status, quality, confidence, seconds."""
@@ -254,6 +221,7 @@ def register(
         >>> import fide
         >>> reg = fide.register("shg.ome.tif", "bright_field.ome.tif")   # doctest: +SKIP
         >>> reg.warp_points([[100.0, 50.0]])                              # doctest: +SKIP
+        >>> reg.transform_points([[200.0, 100.0]])   # moving -> fixed      # doctest: +SKIP
     """
     if isinstance(cfg, dict):
         cfg = config_from_dict(cfg)

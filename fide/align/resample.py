@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from fide import geometry
+from fide.warp_points import invert_points
 
 __all__ = ["PixelMap", "warp_array", "iter_warped_bands", "without_alpha", "cast_pixels"]
 
@@ -48,6 +49,41 @@ class PixelMap:
     def affine(self) -> torch.Tensor | None:
         """The (3, 3) pixel affine when the map has no field."""
         return self.post @ self.pre if self.field is None else None
+
+    def invert(self, points: torch.Tensor) -> torch.Tensor:
+        """(N, 2) target points, pixels, (x, y) → the (N, 2) source points that map onto them, float64.
+
+        Exact for an affine; with a field, ``g + u(g) = post^-1(q)`` is solved per point by fixed-point iteration
+        (:func:`fide.warp_points.invert_points`, to 1e-6 px of the field's grid), then ``p = pre^-1(g)``.
+        """
+        points = points.to(torch.float64)
+        if self.field is None:
+            return geometry.apply_affine_to_points(torch.linalg.inv(self.post @ self.pre), points)
+        on_grid = geometry.apply_affine_to_points(torch.linalg.inv(self.post), points)
+        solved = invert_points(on_grid, self.field.to(torch.float64))
+        return geometry.apply_affine_to_points(torch.linalg.inv(self.pre), solved)
+
+    def inverse(self, target_shape: tuple[int, int]) -> PixelMap:
+        """The map back, target full-resolution pixels → source ones, for resampling onto the source grid.
+
+        Exact for an affine. With a field, the inverse displacement is solved once on a grid of the field's spacing
+        covering the target image (``target_shape``, (X, Y)) and interpolated bilinearly in between; points are
+        better served by :meth:`invert`, which solves each one.
+        """
+        if self.field is None:
+            return PixelMap(torch.linalg.inv(self.post @ self.pre))
+        back = torch.linalg.inv(self.post)
+        width, height = target_shape
+        corners = torch.tensor([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], dtype=torch.float64)
+        on_grid = geometry.apply_affine_to_points(back, corners)
+        low = torch.floor(on_grid.min(0).values) - 1
+        shape = tuple(int(n) for n in torch.ceil(on_grid.max(0).values) + 2 - low)
+        grid = geometry.identity_grid(shape, like=torch.zeros((), dtype=torch.float64)).reshape(2, -1).T + low
+        solved = invert_points(grid, self.field.to(torch.float64))
+        field_ = (solved - grid).T.reshape(1, 2, *shape)
+        shift = torch.eye(3, dtype=torch.float64)
+        shift[:2, 2] = low
+        return PixelMap(torch.linalg.inv(shift) @ back, field_, torch.linalg.inv(self.pre) @ shift)
 
 
 def without_alpha(array: np.ndarray) -> np.ndarray:
@@ -83,8 +119,27 @@ def _warp_tile(
     return geometry.warp(crop[None], disp.float())[0]
 
 
+def _nearest_tile(source: np.ndarray, mapping: PixelMap, origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """The source pixel nearest to where each target pixel ``origin + [0, shape)`` maps: (*shape, C), source dtype,
+    0 outside. Values are copied, never converted: labels and masks of any integer type keep every value."""
+    grid = geometry.identity_grid(shape, like=torch.zeros((), dtype=torch.float64))
+    points = grid.reshape(2, -1).T + torch.tensor(origin, dtype=torch.float64)
+    index = torch.round(mapping(points)).numpy()  # (N, 2) nearest source pixel centres (x, y)
+    inside = (index >= 0).all(1) & (index[:, 0] <= source.shape[0] - 1) & (index[:, 1] <= source.shape[1] - 1)
+    out = np.zeros((index.shape[0], source.shape[2]), source.dtype)
+    picked = index[inside].astype(np.int64)
+    out[inside] = source[picked[:, 0], picked[:, 1]]
+    return out.reshape(*shape, source.shape[2])
+
+
 def iter_warped_bands(
-    source: np.ndarray, mapping: PixelMap, target_shape: tuple[int, int], rows: int | None = None, progress: str = ""
+    source: np.ndarray,
+    mapping: PixelMap,
+    target_shape: tuple[int, int],
+    rows: int | None = None,
+    progress: str = "",
+    *,
+    labels: bool = False,
 ) -> Iterator[np.ndarray]:
     """Bands of the resampled image, top to bottom: each (rows, X, C) in (row, column, sample) order, source dtype.
 
@@ -94,23 +149,30 @@ def iter_warped_bands(
         target_shape: (X, Y) of the target grid.
         rows: rows per band (``_BAND_ROWS`` when None).
         progress: label of a progress bar over the bands (none when empty).
+        labels: nearest neighbour (label and mask images: values copied, dtype kept) instead of bilinear.
     """
     width, height = target_shape
     rows = rows or _BAND_ROWS
-    tensor = torch.from_numpy(source).permute(2, 0, 1)  # (C, Xs, Ys) view of the source, no copy
+    tensor = None if labels else torch.from_numpy(source).permute(2, 0, 1)  # (C, Xs, Ys) view, no copy
     starts = range(0, height, rows)
     for y0 in tqdm(starts, desc=progress, unit="band", disable=None if progress else True, leave=False):
         band_rows = min(rows, height - y0)
         band = np.empty((band_rows, width, source.shape[2]), dtype=source.dtype)
         for x0 in range(0, width, _TILE_PX):
             cols = min(_TILE_PX, width - x0)
+            if labels:
+                band[:, x0 : x0 + cols] = _nearest_tile(source, mapping, (x0, y0), (cols, band_rows)).transpose(1, 0, 2)
+                continue
             tile = _warp_tile(tensor, mapping, (x0, y0), (cols, band_rows))
             band[:, x0 : x0 + cols] = cast_pixels(tile.permute(2, 1, 0).numpy(), source.dtype)
         yield band
 
 
-def warp_array(source: np.ndarray, mapping: PixelMap, target_shape: tuple[int, int]) -> np.ndarray:
-    """The resampled image in memory: (X, Y, C) of ``target_shape``, source dtype (alpha removed)."""
-    colour = without_alpha(source)
-    bands = list(iter_warped_bands(colour, mapping, target_shape))
+def warp_array(
+    source: np.ndarray, mapping: PixelMap, target_shape: tuple[int, int], *, labels: bool = False
+) -> np.ndarray:
+    """The resampled image in memory: (X, Y, C) of ``target_shape``, source dtype (alpha removed unless
+    ``labels``: nearest neighbour, every channel kept)."""
+    colour = source if labels else without_alpha(source)
+    bands = list(iter_warped_bands(colour, mapping, target_shape, labels=labels))
     return np.transpose(np.concatenate(bands, axis=0), (1, 0, 2))

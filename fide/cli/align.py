@@ -12,6 +12,7 @@ from fide.align.batch import AlignWorker, is_complete, read_pairs
 from fide.executors import ClusterError
 from fide.features.select import resolve_encoders
 from fide.io import DatasetError
+from fide.io.microscopy import COMPRESSIONS
 from fide.runner import merge_results, register_pairs
 
 from ._common import add_device_arguments, seed_everything, select_device
@@ -39,6 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pairs", type=Path, help="CSV with columns fixed,moving[,name]: one folder OUT/<name>/ each")
     parser.add_argument("--output", "-o", type=Path, required=True, help="output folder")
     parser.add_argument("--inverse", action="store_true", help="also write fixed_warped.<ext> on the moving grid")
+    parser.add_argument(
+        "--compression",
+        choices=sorted(COMPRESSIONS),
+        default="zlib",
+        help="warped OME-TIFF tiles (jpeg: 8-bit images, lossy; others stay zlib)",
+    )
     parser.add_argument("--fixed-pixel-size", type=_pixel_size, metavar="UM", help="µm per fixed pixel")
     parser.add_argument("--moving-pixel-size", type=_pixel_size, metavar="UM", help="µm per moving pixel")
     parser.add_argument(
@@ -82,14 +89,16 @@ def run(args: argparse.Namespace) -> int:
             text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise SystemExit(f"fide align: registering {args.moving} to {args.fixed} failed ({text[:200]})") from None
         try:
-            reg.save(args.output, inverse=args.inverse)
+            reg.save(args.output, inverse=args.inverse, compression=args.compression)
         except OSError as err:
             raise DatasetError(f"{args.output}: cannot write outputs ({err.strerror or err})") from None
         print(f"{args.moving.name} -> {args.fixed.name}: {reg.summary()}; outputs in {args.output}")
         return 0
     pairs = read_pairs(args.pairs)
     executor = executor_from_args(args, "align")
-    worker = AlignWorker(args.output, cfg, args.working_size, device=device, inverse=args.inverse, **sizes)
+    worker = AlignWorker(
+        args.output, cfg, args.working_size, device=device, inverse=args.inverse, compression=args.compression, **sizes
+    )
     try:
         table = register_pairs(
             pairs,

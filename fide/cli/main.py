@@ -26,6 +26,7 @@ COMMANDS = {
     "ablate": "ablate",
     "warp-points": "warp_points",
     "align": "align",
+    "transform": "transform",
     "example-pair": "example_pair",
 }
 

@@ -15,6 +15,9 @@ Conventions (every other module relies on them, none re-derives them):
   ``p * (m - 1) / (n - 1)``; :func:`resize_disp` and :func:`rescale_affine` apply that factor to vectors. Pyramid
   levels and block means put pixel centres at ``(p + 0.5) * m / n - 0.5`` instead (:func:`resize_matrix`, "area").
   The resizes live in :mod:`fide.geometry.resampling` and are re-exported here.
+* **Pixel origin.** fide (like ITK and napari) puts pixel centres at integers. QuPath, GeoJSON exported from it
+  and shapely on raster coordinates put the origin at the top-left *corner* of the first pixel, so a pixel centre
+  is at ``+0.5``: :func:`corner_to_centre` and :func:`centre_to_corner` convert (x, y) points between the two.
 * **Physical space (ITK).** Array axis k is ITK index k (x = column for TIFF/PNG, nibabel i for NIfTI), so a
   point ``(i, j)`` in array order is an ITK continuous index. Physical point = ``origin + D @ diag(spacing) @ index``
   (:func:`index_to_physical`); a pixel affine ``A`` becomes the physical ``P_moving @ A @ P_fixed^-1``
@@ -61,6 +64,8 @@ __all__ = [
     "jacobian_determinant",
     "resize_matrix",
     "transpose_disp",
+    "corner_to_centre",
+    "centre_to_corner",
     "PhysicalFrame",
     "index_to_physical",
     "pixel_to_physical_affine",
@@ -379,3 +384,14 @@ def transpose_disp(disp: torch.Tensor) -> torch.Tensor:
     """
     _check_disp(disp)
     return disp.flip(1).transpose(2, 3)
+
+
+def corner_to_centre(points: torch.Tensor) -> torch.Tensor:
+    """(..., 2) points whose origin is the first pixel's top-left corner (QuPath, GeoJSON) → fide's pixel centres
+    at integers: ``p - 0.5`` on both axes."""
+    return points - 0.5
+
+
+def centre_to_corner(points: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`corner_to_centre`: fide pixel coordinates → corner-origin ones, ``p + 0.5``."""
+    return points + 0.5

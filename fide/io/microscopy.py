@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,16 @@ from .dataset import DatasetError
 from .fields import atomic_path
 from .images import _read_array
 
-__all__ = ["ImageInfo", "inspect_image", "read_level", "format_family", "write_warped_tiff", "write_warped_sitk"]
+__all__ = [
+    "ImageInfo",
+    "inspect_image",
+    "read_level",
+    "format_family",
+    "write_ome_pyramid",
+    "write_warped_sitk",
+    "COMPRESSIONS",
+    "compression_option",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -202,52 +210,90 @@ def read_level(info: ImageInfo, level: int = 0) -> np.ndarray:
     return array if array.ndim == 3 else array[:, :, None]
 
 
-def write_warped_tiff(
+COMPRESSIONS = {"zlib": "zlib", "jpeg": "jpeg", "none": None}  # option name -> tifffile's compression
+
+
+def compression_option(name: str) -> str | None:
+    """tifffile's compression for an option name, which must be one of :data:`COMPRESSIONS`."""
+    if name not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)}, got {name!r}")
+    return COMPRESSIONS[name]
+
+
+def write_ome_pyramid(
     path: Path,
-    shape_xy: tuple[int, int],
+    level_shapes: list[tuple[int, int]],
     channels: int,
     dtype: np.dtype,
-    bands: Iterator[np.ndarray],
-    rows_per_band: int,
-    pixel_size_um: tuple[float, float] | None,
+    levels: Iterator[Iterator[np.ndarray]],
+    tile: int,
+    *,
+    compression: str = "zlib",
+    pixel_size_um: tuple[float, float] | None = None,
+    channel_name: str | None = None,
+    colour: int | None = None,
 ) -> Path:
-    """Write an OME-TIFF (BigTIFF, zlib strips) from bands of rows, never holding the whole image; atomically.
+    """Write a tiled, pyramidal OME-TIFF (BigTIFF, sub-resolutions in SubIFDs) tile by tile; atomically.
+
+    QuPath, napari (tifffile), Bio-Formats / Fiji, OMERO and SimpleITK (the full resolution) read it.
 
     Args:
         path: destination ``.ome.tif``.
-        shape_xy: (X, Y) size of the image.
-        channels: 1 (grey) or 3 (RGB).
+        level_shapes: (X, Y) of every level, full resolution first, each level half the one before (rounded up).
+        channels: 1 (grey) or 3 (RGB, interleaved samples).
         dtype: pixel type.
-        bands: consecutive bands of ``rows_per_band`` rows (the last may be shorter), each (rows, X, C) in the
-            TIFF's (row, column, sample) order.
-        rows_per_band: rows per band and per TIFF strip.
-        pixel_size_um: (x, y) micrometres per pixel, written as OME PhysicalSize and TIFF resolution (cm).
+        levels: one iterator of tiles per level, in level order; each yields the level's tiles row of tiles by row
+            of tiles, each (tile, tile[, C]) in the TIFF's (row, column, sample) order, zero-padded at the edges.
+            A level's iterator is only started after the previous one is exhausted.
+        tile: tile side, pixels, a multiple of 16.
+        compression: "zlib", "jpeg" (lossy; uint8 grey or RGB only; needs ``imagecodecs``) or "none".
+        pixel_size_um: (x, y) micrometres per full-resolution pixel: OME ``PhysicalSizeX/Y`` and, per level,
+            TIFF resolution tags (cm) of that level's pixels (``2**k`` times larger).
+        channel_name: OME ``Channel/@Name`` (one channel: RGB samples form one channel).
+        colour: OME ``Channel/@Color``, a signed 32-bit RGBA integer (white is -1); None for none (RGB).
+
+    Raises:
+        ValueError: bad compression, tile, channels, or JPEG of a type other than uint8.
     """
-    width, height = shape_xy
-
-    def encoded() -> Iterator[bytes]:
-        for band in bands:
-            yield zlib.compress(np.ascontiguousarray(band, dtype=dtype).tobytes(), 6)
-
+    codec = compression_option(compression)
+    if tile % 16 or tile < 16:
+        raise ValueError(f"tile must be a positive multiple of 16 px (TIFF), got {tile}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if codec == "jpeg" and np.dtype(dtype) != np.uint8:
+        raise ValueError(f"compression 'jpeg' needs uint8 pixels, got {np.dtype(dtype)}; use 'zlib' or 'none'")
     metadata: dict = {"axes": "YXS" if channels > 1 else "YX"}
-    extra: dict = {}
+    channel: dict = {}
+    if channel_name:
+        channel["Name"] = [channel_name]
+    if colour is not None:
+        channel["Color"] = [int(colour)]
+    if channel:
+        metadata["Channel"] = channel
     if pixel_size_um is not None:
         metadata.update(PhysicalSizeX=pixel_size_um[0], PhysicalSizeY=pixel_size_um[1])
-        extra = {"resolution": (1e4 / pixel_size_um[0], 1e4 / pixel_size_um[1]), "resolutionunit": "CENTIMETER"}
+        metadata.update(PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
+    options = {
+        "dtype": np.dtype(dtype),
+        "tile": (tile, tile),
+        "compression": codec,
+        "photometric": "rgb" if channels == 3 else "minisblack",
+    }
     tmp = atomic_path(path)
     try:
-        tifffile.imwrite(
-            tmp,
-            encoded(),
-            shape=(height, width, channels) if channels > 1 else (height, width),
-            dtype=dtype,
-            photometric="rgb" if channels == 3 else "minisblack",
-            rowsperstrip=rows_per_band,
-            compression="zlib",
-            bigtiff=True,
-            metadata=metadata,
-            **extra,
-        )
+        with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+            for k, (shape, tiles) in enumerate(zip(level_shapes, levels)):
+                width, height = shape
+                extra: dict = {}
+                if pixel_size_um is not None:
+                    size = (pixel_size_um[0] * 2**k, pixel_size_um[1] * 2**k)
+                    extra = {"resolution": (1e4 / size[0], 1e4 / size[1]), "resolutionunit": "CENTIMETER"}
+                if k == 0:
+                    extra.update(subifds=len(level_shapes) - 1, metadata=metadata)
+                else:
+                    extra.update(subfiletype=1, metadata=None)
+                data_shape = (height, width, channels) if channels > 1 else (height, width)
+                tif.write(tiles, shape=data_shape, **options, **extra)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
