@@ -107,5 +107,27 @@ def test_full_resolution_polish_runs_on_a_confident_pose_and_keeps_it_right(task
     fixed_points, moving_points = (torch.from_numpy(p).float() for p in read_landmark_pair(*pair.landmarks()))
     error = geometry.map_points(fixed_points, result.disp) - moving_points
     assert float(error.norm(dim=1).mean()) < 2.0
+    assert "layout" not in result.stage_affines  # the texture recognises this pose: its LNCC result stands
     off = config_from_dict({"fibres": {"polish_iterations": 0}})
     assert "polish" not in register_pair(fixed, moving, off).stage_affines
+
+
+def test_layout_pass_runs_where_the_texture_is_silent_and_never_lowers_the_nmi(task):
+    """Where the texture does not recognise the chosen pose, the affine is re-optimised on label NMI alone."""
+    from fide.decision import PoseEvidence
+    from fide.pair import prepare_inputs
+    from fide.pipeline import _Clock, _finish
+
+    pair = load_dataset(task).split("val")[2]
+    fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+    cfg = FideConfig()
+    inputs, _ = prepare_inputs(fixed, moving, cfg, None, None)
+    assert inputs.texture() is not None
+    start = register_pair(fixed, moving, cfg).affine.clone()
+    start[:2, 2] += 3.0  # a pose a few pixels off, as an LNCC pull leaves it
+    silent = PoseEvidence(start, inputs.quality(start), 0.0, 0.0, "restart")
+    stages: dict = {}
+    final = _finish(inputs, silent, cfg, _Clock(), stages)
+    assert "layout" in stages and "polish" not in stages  # a silent texture is never fitted
+    assert inputs.quality(stages["layout"]) >= silent.nmi
+    assert final.nmi > silent.nmi

@@ -14,8 +14,9 @@ draws exactly the same random numbers, so tasks made before regimes existed are 
 * ``mirror``: ``hard`` with the slide mirrored left-right (the affine reflects).
 * ``decoupled`` / ``decoupled-patch20``: whole cores as ``core`` / centre patches as ``patch20`` where the SHG's fine
   fibre texture is independent of the bright field's while the coarse layout agrees (stroma bright in SHG and pink
-  in H&E, cellular regions dark and purple), half of them faint (99th percentile 14-30 counts): the held-out real
-  cores whose fibre-texture NCC at the true pose is ~0 (shg-bf-appearance.md, "Fine texture against coarse layout").
+  in H&E, cellular regions dark and purple; stroma 40-75 % of the core, fibres inside it), half of them faint (99th
+  percentile 14-30 counts): the held-out real cores whose fibre-texture NCC at the true pose is ~0 while the layout's
+  NMI is 0.008-0.022 (shg-bf-appearance.md, "Fine texture against coarse layout"; docs/synth.md).
 """
 
 from __future__ import annotations

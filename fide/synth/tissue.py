@@ -187,10 +187,15 @@ def _sample_points(density: np.ndarray, n: int, rng: np.random.Generator) -> np.
     return np.stack(np.unravel_index(idx, density.shape), 1) + rng.random((n, 2)) - 0.5
 
 
-def _collagen(size: int, f: float, tissue: np.ndarray, rng: np.random.Generator, params: dict) -> dict:
-    """Stroma density and fibre images: what SHG sees and what eosin stains. Returns a dict of (H, W) float32."""
+def _collagen(
+    size: int, f: float, tissue: np.ndarray, rng: np.random.Generator, params: dict, max_stroma: float = 0.95
+) -> dict:
+    """Stroma density and fibre images: what SHG sees and what eosin stains. Returns a dict of (H, W) float32.
+
+    ``max_stroma``: the largest share of the core that is stroma (the same draw, rescaled).
+    """
     shape = (size, size)
-    stroma_frac = rng.uniform(0.4, 0.95)  # share of the core that is collagen-rich stroma
+    stroma_frac = rng.uniform(0.4, max_stroma)  # share of the core that is collagen-rich stroma
     raw = _smooth_noise(shape, rng.uniform(40, 110) * f + 3, rng)
     threshold = np.quantile(raw[tissue > 0.5], 1 - stroma_frac) if (tissue > 0.5).any() else 0.0
     stroma = 1 / (1 + np.exp(-(raw - threshold) * 4))
@@ -246,7 +251,8 @@ def _independent_shg_fibres(size: int, f: float, tissue: np.ndarray, col: dict, 
     points, weights, angles = _trace_fibres(seeds, lengths, follow, theta, f, rng)
     gain = np.exp(rng.normal(0, 0.9, n_fibres)) * (rng.random(n_fibres) > 0.2)
     (line,) = _splat(points, [weights * gain[:, None]], size)
-    return ndimage.gaussian_filter(line, 0.75 * f + 0.35)
+    # collagen exists in the stroma only: fibres traced past its edge stop there, so the layout stays as in H&E
+    return ndimage.gaussian_filter(line, 0.75 * f + 0.35) * col["stroma"]
 
 
 def _disk_kernels(f: float, rng: np.random.Generator) -> list[np.ndarray]:
@@ -354,7 +360,8 @@ def _render_bf(tissue, col, nuclei, fat_in, fat_mem, f, rng, params) -> np.ndarr
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
-_EMPTY_COVERAGE = (0.4, 0.6)  # fraction of the image an empty core's SHG patches cover
+_EMPTY_COVERAGE = (0.4, 0.6)
+_DECOUPLED_MAX_STROMA = 0.75  # fraction of the image an empty core's SHG patches cover
 
 
 def _render_shg(tissue, col, nuclei, fat_in, f, rng, params, faint: bool = False) -> np.ndarray:
@@ -422,7 +429,8 @@ def make_aligned_pair(
     f = size / REFERENCE_SIZE if length_scale is None else length_scale
     params: dict = {}
     tissue = _core_mask(size, f, rng, params)
-    col = _collagen(size, f, tissue, rng, params)
+    # decoupled cores show a layout to match (stroma beside cellular regions, as the held-out real ones do)
+    col = _collagen(size, f, tissue, rng, params, max_stroma=_DECOUPLED_MAX_STROMA if independent_texture else 0.95)
     nuclei = _nuclei(size, f, tissue, col, rng, params)
     fat_in, fat_mem = _fat(size, f, tissue, rng, params)
     bf = _render_bf(tissue, col, nuclei, fat_in, fat_mem, f, rng, params)
