@@ -21,6 +21,7 @@ __all__ = [
     "PrealignConfig",
     "OptimiseConfig",
     "DeformableConfig",
+    "RefineConfig",
     "ConfidenceConfig",
     "EncoderConfig",
     "FideConfig",
@@ -146,6 +147,15 @@ class DeformableConfig:
 
 
 @dataclass
+class RefineConfig:
+    """``fide align``: coarse-to-fine refinement of the working-size result up to full-resolution pixels
+    (:mod:`fide.align.refine`); images no larger than the working size are not refined."""
+
+    enabled: bool = True
+    local: bool = False  # also a smooth local correction (thin-plate, regularised) on top of the refined affine
+
+
+@dataclass
 class EncoderConfig:
     """Learned modality encoders (B-NCE); used when weights are present and features == "learned".
 
@@ -164,6 +174,7 @@ class FideConfig:
     prealign: PrealignConfig = field(default_factory=PrealignConfig)
     optimise: OptimiseConfig = field(default_factory=OptimiseConfig)
     deformable: DeformableConfig = field(default_factory=DeformableConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     stages: str = "deformable"  # last stage to run, one of STAGES

@@ -7,7 +7,14 @@ import SimpleITK as sitk
 import tifffile
 
 from fide.io import DatasetError
-from fide.io.microscopy import format_family, inspect_image, read_level, write_ome_pyramid, write_warped_sitk
+from fide.io.microscopy import (
+    WindowReader,
+    format_family,
+    inspect_image,
+    read_level,
+    write_ome_pyramid,
+    write_warped_sitk,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -166,3 +173,26 @@ def test_tiff_compression_without_a_tifffile_codec_falls_back_to_simpleitk(tmp_p
     info = inspect_image(path)
     assert info.shape == (9, 12)
     _check_order(read_level(info)[..., :3], picture)
+
+
+@pytest.mark.parametrize("layout", [{"rowsperstrip": 7}, {"tile": (16, 32)}, {"rowsperstrip": 7, "compression": None}])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_window_reader_decodes_only_the_window_and_matches_the_whole_level(tmp_path, layout, channels):
+    """Strips or tiles, compressed or not: every window (edges, clipped, across segments) equals the level's slice;
+    a PNG is read whole once and cut."""
+    picture = RNG.integers(0, 255, (50, 70) + ((3,) if channels == 3 else ()), dtype=np.uint8)
+    path = tmp_path / "w.tif"
+    options = {"compression": "zlib", **layout}
+    tifffile.imwrite(path, picture, photometric="rgb" if channels == 3 else "minisblack", **options)
+    info = inspect_image(path)
+    whole = read_level(info)
+    windows = [(0, 70, 0, 50), (3, 41, 5, 33), (-4, 10, 45, 60), (69, 90, 0, 1), (60, 61, 20, 21)]
+    with WindowReader(info) as reader:
+        assert reader._page is not None  # segment by segment, not the whole level
+        for x0, x1, y0, y1 in windows:
+            expected = whole[max(0, x0) : min(70, x1), max(0, y0) : min(50, y1)]
+            assert np.array_equal(reader(x0, x1, y0, y1), expected), (x0, x1, y0, y1)
+    png = tmp_path / "w.png"
+    sitk.WriteImage(sitk.GetImageFromArray(picture, isVector=channels == 3), str(png))
+    with WindowReader(inspect_image(png)) as reader:
+        assert np.array_equal(reader(3, 41, 5, 33), read_level(inspect_image(png))[3:41, 5:33])

@@ -209,6 +209,7 @@ def transform_description(reg: Registration, physical: np.ndarray, notes: list[s
         "pixel_size_um": {"fixed": reg.fixed.pixel_size_um, "moving": reg.moving.pixel_size_um},
         "inputs": {"fixed": _input_name(reg.fixed), "moving": _input_name(reg.moving)},
         "deformable": reg.deformable,
+        "refinement": getattr(reg, "refinement", None),
         "quality": reg.quality,
         "confidence": reg.confidence,
         "mirrored": reg.mirrored,

@@ -24,6 +24,7 @@ from fide.reproducibility import seed_everything
 from fide.warp_points import invert_points
 
 from .aligned import Aligned
+from .refine import refine
 from .resample import PixelMap
 from .source import ImageSource, WorkingImage, open_source, working_image
 
@@ -59,6 +60,8 @@ class Registration(Aligned):
         working: the fixed and moving images at working resolution (QC) and the working-resolution field.
         confidence_basis, scores: what the confidence was read from (see :class:`fide.pipeline.RegistrationResult`).
         flag_reason: one line on why the result is flagged (None when it is not).
+        refinement: what the full-resolution refinement did (:mod:`fide.align.refine`: kept, reason, levels), or
+            None where it did not run; with a local correction ``forward`` is ``A (p + u(p))``.
     """
 
     fixed: ImageSource
@@ -79,6 +82,7 @@ class Registration(Aligned):
     confidence_basis: str = "none"
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
     flag_reason: str | None = None
+    refinement: dict | None = None
 
     def __post_init__(self) -> None:
         if self.forward is None:
@@ -93,7 +97,9 @@ class Registration(Aligned):
         """Moving full-resolution pixels to fixed ones, for resampling (the inverse field is solved once on the
         moving working grid and interpolated bilinearly; :meth:`warp_points` solves each point exactly instead)."""
         if self._backward is None:
-            if not self.deformable:
+            if self.deformable and self.forward.field is not None and self.refinement and self.refinement["kept"]:
+                self._backward = self.forward.inverse(self.moving.shape)  # the refined local correction
+            elif not self.deformable:
                 self._backward = PixelMap(torch.linalg.inv(torch.as_tensor(self.affine, dtype=torch.float64)))
             else:
                 shape = tuple(self.working_moving.pixels.shape[1:])
@@ -168,6 +174,20 @@ def register_sources(
     deformable = bool(residual.abs().max() > _FIELD_FLAT_PX)
     quality = float(result.quality)
     reason = result.flag_reason
+    forward, refinement = None, None
+    if cfg.refine.enabled and deformable:
+        notes.append("not refined at full resolution: the working-size deformable residual is kept")
+    elif cfg.refine.enabled:
+        refined = refine(fixed, moving, affine.numpy(), work_f.pixels, work_f.to_working, seed=cfg.seed)
+        local = cfg.refine.local and refined.field is not None
+        refinement = {"kept": refined.kept, "local": bool(local and refined.kept), "reason": refined.reason}
+        refinement["levels"] = refined.levels
+        logger.info("%s: %s", fixed.name, refined.reason)
+        if not refined.kept and refined.levels:  # it ran and found the matches disagreeing
+            notes.append(f"working-size affine kept, {refined.reason}")
+        if refined.kept:
+            affine = torch.from_numpy(refined.affine)
+            forward, deformable = refined.pixel_map(local), bool(local)
     return Registration(
         fixed,
         moving,
@@ -182,9 +202,11 @@ def register_sources(
         work_f,
         work_m,
         disp,
+        forward=forward,
         confidence_basis=result.confidence_basis,
         scores=dict(result.scores),
         flag_reason=reason,
+        refinement=refinement,
     )
 
 

@@ -51,6 +51,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--working-size", type=int, default=WORKING_PX, metavar="PX", help="fixed side during registration"
     )
+    parser.add_argument(
+        "--no-refine", action="store_true", help="keep the working-size affine (no full-resolution refinement)"
+    )
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="add a smooth local correction to the refined affine (transform.tfm: [affine, displacement field])",
+    )
     parser.add_argument("--shard", type=parse_shard, metavar="I/N", help="--pairs: process pairs[I::N] only")
     parser.add_argument("--force", action="store_true", help="--pairs: recompute pairs already complete")
     parser.add_argument("--merge-shards", action="store_true", help="--pairs: only join the shards' results")
@@ -68,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.working_size < 64:
         raise SystemExit(f"fide align: --working-size must be at least 64 px, got {args.working_size}")
     cfg = config_from_args(args)
+    cfg.refine.enabled = cfg.refine.enabled and not args.no_refine
+    cfg.refine.local = cfg.refine.local or args.local
     device = select_device(args.device)
     if args.pairs is not None and args.merge_shards:
         table = merge_results(args.output)

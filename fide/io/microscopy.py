@@ -29,6 +29,7 @@ __all__ = [
     "ImageInfo",
     "inspect_image",
     "read_level",
+    "WindowReader",
     "format_family",
     "write_ome_pyramid",
     "write_warped_sitk",
@@ -208,6 +209,85 @@ def read_level(info: ImageInfo, level: int = 0) -> np.ndarray:
     order = [squeezed.index("X"), squeezed.index("Y")] + ([squeezed.index("C")] if "C" in squeezed else [])
     array = np.transpose(array, order)  # (rows, columns[, samples]) -> (X, Y[, C])
     return array if array.ndim == 3 else array[:, :, None]
+
+
+class WindowReader:
+    """Windows of an image's full-resolution level, decoding only the TIFF strips or tiles they touch.
+
+    A TIFF whose full-resolution level is one contiguous page (strips or tiles, any codec tifffile decodes) is read
+    segment by segment; anything else (other formats, planar TIFFs, a codec tifffile lacks) is read whole once, on
+    the first window, and cut (its memory is then the level's). Use as a context manager (the file stays open).
+
+    Args:
+        info: the image (:func:`inspect_image`).
+        array: the (X, Y, C) pixels when the image is already in memory (windows are views of it).
+    """
+
+    def __init__(self, info: ImageInfo, array: np.ndarray | None = None) -> None:
+        self.info, self._array, self._tif, self._page = info, array, None, None
+        if array is None and _is_tiff(info.path):
+            try:
+                self._tif = tifffile.TiffFile(info.path)
+                page = self._tif.series[0].levels[0].keyframe
+                layout = dict(zip("YXS", page.shaped[2:])) if page.planarconfig == 1 else None  # contiguous only
+                if (
+                    layout is not None
+                    and len(self._tif.series[0].levels[0].pages) == 1
+                    and page.shape[:2]
+                    == (
+                        info.shape[1],
+                        info.shape[0],
+                    )
+                ):
+                    self._page = self._tif.series[0].levels[0].pages[0]
+            except Exception as err:  # noqa: BLE001 - any oddity: read the level whole instead
+                logger.info("%s: windows read from the whole level (%s)", info.path, str(err)[:120])
+
+    def __enter__(self) -> WindowReader:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+
+    def __call__(self, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
+        """Pixels ``[x0, x1) x [y0, y1)`` (clipped to the image): (X, Y, C), the file's dtype."""
+        width, height = self.info.shape
+        x0, x1, y0, y1 = max(0, x0), min(width, x1), max(0, y0), min(height, y1)
+        if x1 <= x0 or y1 <= y0:
+            return np.zeros((0, 0, self.info.channels), self.info.dtype)
+        if self._page is not None:
+            try:
+                return self._segments(x0, x1, y0, y1)
+            except Exception as err:  # noqa: BLE001 - a codec tifffile lacks: the whole level once
+                logger.info("%s: windows read from the whole level (%s)", self.info.path, str(err)[:120])
+                self._page = None
+        if self._array is None:
+            self._array = read_level(self.info, 0)
+        return self._array[x0:x1, y0:y1]
+
+    def _segments(self, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
+        page, handle = self._page, self._tif.filehandle
+        rows, cols = (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip, page.shape[1])
+        across = -(-page.shape[1] // cols)
+        out = np.empty((y1 - y0, x1 - x0, self.info.channels), self.info.dtype)  # (row, column, C) first
+        for ty in range(y0 // rows, -(-y1 // rows)):
+            for tx in range(x0 // cols, -(-x1 // cols)):
+                index = ty * across + tx
+                handle.seek(page.dataoffsets[index])
+                segment, start, _ = page.decode(handle.read(page.databytecounts[index]), index)
+                segment = segment.reshape(segment.shape[1], segment.shape[2], -1)  # (rows, columns, C)
+                r0, c0 = start[2], start[3]
+                rr = slice(max(y0, r0), min(y1, r0 + segment.shape[0]))
+                cc = slice(max(x0, c0), min(x1, c0 + segment.shape[1]))
+                out[rr.start - y0 : rr.stop - y0, cc.start - x0 : cc.stop - x0] = segment[
+                    rr.start - r0 : rr.stop - r0, cc.start - c0 : cc.stop - c0
+                ]
+        return out.transpose(1, 0, 2)
 
 
 COMPRESSIONS = {"zlib": "zlib", "jpeg": "jpeg", "none": None}  # option name -> tifffile's compression

@@ -1,0 +1,119 @@
+"""Full-resolution accuracy of ``fide align`` with and without the coarse-to-fine refinement (issue 26, item 1).
+
+For each ``fide example-pair`` folder, ``fide align`` runs once per variant in its own process (wall seconds and
+peak RSS of that process); the landmarks are mapped through the written ``transform.tfm`` with SimpleITK alone
+(:func:`align_tre.pair_tre`'s route) and the error is given in full-resolution **fixed** pixels (the moving error
+vector taken back through the inverse of the affine's linear part, ``transform.json``). Run::
+
+    fide example-pair PAIR4096 --size 4096
+    OMP_NUM_THREADS=2 python benchmarks/align_fullres.py PAIR4096 [PAIR8192 ...] --out OUT
+
+``--enlarged 20000`` first writes ``benchmarks/align_memory.py``'s pair (synthetic pair 0 at 512 px enlarged by
+nearest neighbour, tiled BigTIFF) into each PAIR folder that has none, with its landmarks enlarged alike.
+
+Variants: ``working`` (``--no-refine``, the working-size affine), ``refined`` (the default: refined affine),
+``local`` (``--local``: refined affine and smooth local correction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+VARIANTS = {"working": ["--no-refine"], "refined": [], "local": ["--local"]}
+
+
+def _frame(path: Path) -> sitk.Image:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    image = sitk.Image([1] * reader.GetDimension(), sitk.sitkUInt8)  # a geometry-only stand-in
+    image.SetOrigin(reader.GetOrigin())
+    image.SetSpacing(reader.GetSpacing())
+    image.SetDirection(reader.GetDirection())
+    return image
+
+
+def fixed_pixel_errors(out: Path, pair: Path) -> np.ndarray:
+    """Per-landmark error of ``out/transform.tfm``, full-resolution fixed pixels."""
+    transform = sitk.ReadTransform(str(out / "transform.tfm"))
+    fixed, moving = _frame(pair / "shg.ome.tif"), _frame(pair / "bright field.ome.tif")
+    linear = np.asarray(json.loads((out / "transform.json").read_text())["pixel"]["matrix"])[:2, :2]
+    table = pd.read_csv(pair / "landmarks.csv")
+    errors = []
+    for row in table.itertuples(index=False):
+        index = (float(row.fixed_x), float(row.fixed_y)) + (0.0,) * (fixed.GetDimension() - 2)
+        point = transform.TransformPoint(fixed.TransformContinuousIndexToPhysicalPoint(index))
+        mapped = np.asarray(moving.TransformPhysicalPointToContinuousIndex(point)[:2])
+        errors.append(np.linalg.norm(np.linalg.solve(linear, mapped - [row.moving_x, row.moving_y])))
+    return np.asarray(errors)
+
+
+def write_enlarged_pair(folder: Path, size: int) -> None:
+    """``align_memory.write_pair``'s pair in the layout of ``fide example-pair`` (names, ``landmarks.csv``)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from align_memory import write_pair
+
+    from fide.synth import make_pair
+
+    _, moving = write_pair(folder, size)
+    moving.rename(folder / "bright field.ome.tif")
+    pair = make_pair("val", 0, 512, 0)
+    scale = 511 / (size - 1)  # enlarged pixel P shows pixel rint(P * scale) of the 512 px picture
+    points = np.hstack([pair["fixed_points"], pair["moving_points"]]) / scale
+    table = pd.DataFrame(points, columns=["fixed_x", "fixed_y", "moving_x", "moving_y"])
+    table.to_csv(folder / "landmarks.csv", index=False, float_format="%.3f")
+
+
+def run_align(pair: Path, out: Path, options: list[str]) -> tuple[float, float]:
+    """``fide align`` in a child process: (wall seconds, peak RSS GB)."""
+    command = [sys.executable, "-c", "from fide.cli.main import main; main()", "align"]
+    command += [str(pair / "shg.ome.tif"), str(pair / "bright field.ome.tif"), "-o", str(out), *options]
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"fide align {pair} {options} failed: {child.stderr.read().decode()[-400:]}")
+    return seconds, usage.ru_maxrss / 2**20  # KiB -> GiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pairs", type=Path, nargs="+", help="fide example-pair folders")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the fide align outputs")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--enlarged", type=int, metavar="SIZE", help="write the enlarged pair where a PAIR has none")
+    args = parser.parse_args()
+    for pair in args.pairs:
+        if args.enlarged and not (pair / "shg.ome.tif").is_file():
+            write_enlarged_pair(pair, args.enlarged)
+    print("| size px | variant | mean err fixed px | max err fixed px | seconds | peak RSS GB | refinement |")
+    print("|---|---|---|---|---|---|---|")
+    for pair in args.pairs:
+        for variant in args.variants:
+            out = args.out / f"{pair.name}-{variant}"
+            seconds, peak = run_align(pair, out, VARIANTS[variant])
+            errors = fixed_pixel_errors(out, pair)
+            description = json.loads((out / "transform.json").read_text())
+            size = max(description["pixel"]["fixed_size_xy"])
+            refinement = description.get("refinement") or {}
+            note = refinement.get("reason", "off")
+            print(
+                f"| {size} | {variant} | {errors.mean():.2f} | {errors.max():.2f} | {seconds:.0f} | {peak:.2f} "
+                f"| {note} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
