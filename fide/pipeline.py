@@ -17,7 +17,7 @@ import torch
 
 from fide import geometry
 from fide.config import FideConfig, OptimiseConfig
-from fide.decision import Decision, PoseEvidence, decide
+from fide.decision import Decision, PoseEvidence, decide, judge_refined
 from fide.features import ModalityEncoders
 from fide.optimise.deformable import optimise_deformable
 from fide.optimise.instance import label_nmi, optimise_affine
@@ -127,7 +127,7 @@ def register_pair(
     best = evidence[decision.index]
     stage_affines["affine"] = best.affine
     final = _finish(inputs, best, cfg, clock, stage_affines)
-    return _result(inputs, final.affine, [*evidence, final], cfg, clock, stage_affines, notes)
+    return _result(inputs, final.affine, [*evidence, final], cfg, clock, stage_affines, notes, chosen=decision)
 
 
 class _Clock:
@@ -217,9 +217,14 @@ def _result(
     clock: _Clock,
     stage_affines: dict[str, torch.Tensor],
     notes: list[str] | None = None,
+    chosen: Decision | None = None,
 ) -> RegistrationResult:
-    """The field of the final pose (the last evidence entry), judged against every other hypothesis."""
-    decision = decide(evidence, inputs.fixed.shape, cfg.confidence, chosen=len(evidence) - 1)
+    """The field of the final pose (the last evidence entry), judged against every other hypothesis (trusted at
+    most as much as when it was ``chosen``, where a decision chose it before the precision steps)."""
+    if chosen is None:
+        decision = decide(evidence, inputs.fixed.shape, cfg.confidence, chosen=len(evidence) - 1)
+    else:
+        decision = judge_refined(evidence, inputs.fixed.shape, cfg.confidence, chosen)
     for name, value in decision.scores.items():
         logger.debug("score %s: %.4f", name, value)
     disp = geometry.affine_to_disp(affine[None], inputs.fixed.shape)

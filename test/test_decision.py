@@ -7,7 +7,7 @@ import torch
 
 from fide import geometry
 from fide.config import ConfidenceConfig
-from fide.decision import PoseEvidence, decide, pose_confidence
+from fide.decision import PoseEvidence, decide, judge_refined, pose_confidence
 
 CFG = ConfidenceConfig()
 SHAPE = (200, 200)
@@ -76,3 +76,19 @@ def test_confidence_is_monotone_in_each_criterion():
     assert by_contrast == sorted(by_contrast) and by_contrast[2] == pytest.approx(0.5, abs=0.01)
     by_margin = [pose_confidence({"nmi": 0.1, "nmi_runner_up": r}, CFG)[0] for r in (0.1, 0.09, 0.07, 0.05, 0.01)]
     assert by_margin == sorted(by_margin)
+
+
+def test_a_refined_pose_is_trusted_at_most_as_much_as_when_it_was_chosen():
+    """Refining the chosen pose alone raises its NMI over unrefined alternatives: that margin is no evidence."""
+    evidence = [PoseEvidence(pose(0.0), 0.101, 0.01, 0.0), PoseEvidence(pose(45.0), 0.100, 0.02, 0.0)]
+    chosen = decide(evidence, SHAPE, CFG)
+    assert chosen.flagged
+    refined = PoseEvidence(pose(0.0, shift=(1.0, 0.0)), 0.130, 0.01, 0.0)  # the layout pass raised its NMI
+    assert not decide([*evidence, refined], SHAPE, CFG, chosen=2).flagged  # judged alone it would look confident
+    final = judge_refined([*evidence, refined], SHAPE, CFG, chosen)
+    assert final.flagged and final.confidence == chosen.confidence and final.reason == chosen.reason
+    assert final.index == 2 and final.scores["nmi"] == pytest.approx(0.130)  # the refined pose's own scores
+    trusted = decide([PoseEvidence(pose(0.0), 0.12), PoseEvidence(pose(90.0), 0.03)], SHAPE, CFG)
+    worse = PoseEvidence(pose(0.0), 0.031)  # a precision step that lost the margin lowers the trust
+    lowered = judge_refined([PoseEvidence(pose(0.0), 0.12), PoseEvidence(pose(90.0), 0.03), worse], SHAPE, CFG, trusted)
+    assert lowered.confidence < trusted.confidence and lowered.flagged
