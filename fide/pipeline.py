@@ -253,27 +253,30 @@ def _result(
 def _layout_pass(
     inputs: PairInputs, opt: OptimiseConfig, affine: torch.Tensor, quality: float
 ) -> tuple[torch.Tensor, float]:
-    """The affine optimisation from the chosen pose on the label maps' NMI only; kept only if full-resolution NMI
-    rises. The LNCC phase correlates feature maps of the fibre texture: where the SHG's fibres do not match the
-    bright field's it pulls the pose off the layout's optimum (decoupled development pairs: 2.9 / 5.9 px -> 0.5 / 1.7
-    px on two of three)."""
+    """The affine optimisation from the chosen pose on the label maps' NMI only. The LNCC phase correlates feature
+    maps of the fibre texture: where the SHG's fibres do not match the bright field's it pulls the pose off the
+    layout's optimum (decoupled development pairs: 2.9 / 5.9 px -> 0.5 / 1.7 px on two of three)."""
     schedule = dataclasses.replace(opt, lncc_iterations=0)
-    refined = optimise_affine(inputs.working(opt.size_px), affine, schedule)[0][0]
-    refined_quality = inputs.quality(refined)
-    logger.debug("layout pass: full-resolution NMI %.4f -> %.4f", quality, refined_quality)
-    return (refined, refined_quality) if refined_quality > quality else (affine, quality)
+    return _refine_if_nmi_rises(inputs, opt.size_px, schedule, affine, quality, "layout pass")
 
 
 def _fine_pass(
     inputs: PairInputs, opt: OptimiseConfig, affine: torch.Tensor, quality: float
 ) -> tuple[torch.Tensor, float]:
-    """NMI-only refinement of the selected affine at ``fine_size_px``; kept only if full-resolution NMI rises."""
+    """NMI-only refinement of the selected affine at ``fine_size_px``."""
     schedule = dataclasses.replace(
         opt, lncc_iterations=0, nmi_iterations=opt.fine_iterations, levels=1, learning_rate=FINE_LEARNING_RATE
     )
-    refined = optimise_affine(inputs.working(opt.fine_size_px), affine, schedule)[0][0]
+    return _refine_if_nmi_rises(inputs, opt.fine_size_px, schedule, affine, quality, "fine pass")
+
+
+def _refine_if_nmi_rises(
+    inputs: PairInputs, size_px: int, schedule: OptimiseConfig, affine: torch.Tensor, quality: float, name: str
+) -> tuple[torch.Tensor, float]:
+    """``affine`` optimised at ``size_px`` with ``schedule``, kept only if full-resolution NMI rises."""
+    refined = optimise_affine(inputs.working(size_px), affine, schedule)[0][0]
     refined_quality = inputs.quality(refined)
-    logger.debug("fine pass: full-resolution NMI %.4f -> %.4f", quality, refined_quality)
+    logger.debug("%s: full-resolution NMI %.4f -> %.4f", name, quality, refined_quality)
     return (refined, refined_quality) if refined_quality > quality else (affine, quality)
 
 
