@@ -1,12 +1,15 @@
 """Small synthetic SHG-like / bright-field-like images for stage tests (the full generator lives in fide.synth)."""
 
 import math
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from fide import geometry
+from fide.io import load_dataset
 from fide.synth import make_task
 
 # reduced search and iterations: a real registration of a 96 px pair in seconds (the operations tests); with the
@@ -144,3 +147,26 @@ SPARSE_POSE = similarity(150.0, 1.1, SPARSE_SIZE, shift=(4.0, -6.0))
 def sparse_pair():
     """Fixed and moving (1, 1, 200, 200) intensities of :func:`empty_core_pair` and the pose between them."""
     return (*empty_core_pair(SPARSE_SIZE, SPARSE_POSE), SPARSE_POSE)
+
+
+@pytest.fixture(scope="module")
+def task_template(tmp_path_factory):
+    """A 4-pair 64 px synthetic task, made once per module (the runner's and the executors' tests)."""
+    return make_task(tmp_path_factory.mktemp("template"), 4, 64, seed=2).parent
+
+
+@pytest.fixture
+def task(task_template, tmp_path):
+    """A fresh copy of :func:`task_template`; returns its descriptor path (modules with their own ``task`` keep it)."""
+    root = shutil.copytree(task_template, tmp_path / "task")
+    return next(root.glob("*_dataset.json"))
+
+
+def val_pairs(descriptor):
+    """The val pairs of a descriptor, images not checked."""
+    return load_dataset(descriptor, check_files=False).split("val")
+
+
+def read_results(output, name="results.csv"):
+    """A results table written by the runner, indexed by pair."""
+    return pd.read_csv(output / name, keep_default_na=False).set_index("pair")

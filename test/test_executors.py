@@ -6,16 +6,16 @@ function kills its own worker process (``os._exit``) halfway through writing its
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from conftest import FAST_CONFIG
+from conftest import read_results as _table
+from conftest import val_pairs as _pairs
 
 from fide.cli.main import main
 from fide.config import FideConfig, config_from_dict
@@ -29,33 +29,12 @@ from fide.executors import (
     make_executor,
 )
 from fide.features import ModalityEncoders
-from fide.io import atomic_path, load_dataset, read_disp, write_disp
+from fide.io import atomic_path, read_disp, write_disp
 from fide.pair_task import PairTask
 from fide.pipeline import RegistrationResult
 from fide.runner import _lost, register_pairs
-from fide.synth import make_task
 
 distributed = pytest.importorskip("distributed")
-
-
-@pytest.fixture(scope="module")
-def task_template(tmp_path_factory):
-    return make_task(tmp_path_factory.mktemp("template"), 4, 64, seed=2).parent
-
-
-@pytest.fixture
-def task(task_template, tmp_path):
-    """A fresh copy of a 4-pair 64 px task; returns its descriptor path."""
-    root = shutil.copytree(task_template, tmp_path / "task")
-    return next(root.glob("*_dataset.json"))
-
-
-def _pairs(descriptor):
-    return load_dataset(descriptor, check_files=False).split("val")
-
-
-def _table(output):
-    return pd.read_csv(output / "results.csv", keep_default_na=False).set_index("pair")
 
 
 @dataclass(frozen=True)

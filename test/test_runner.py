@@ -10,14 +10,15 @@ import pandas as pd
 import pytest
 import torch
 from conftest import FAST_CONFIG
+from conftest import read_results as _table
+from conftest import val_pairs as _pairs
 
 from fide.cli.main import main
 from fide.cli.register import parse_shard
 from fide.config import FideConfig, config_from_dict
-from fide.io import DatasetError, load_dataset, read_disp, read_image, write_disp
+from fide.io import DatasetError, read_disp, read_image, write_disp
 from fide.pipeline import RegistrationResult, register_pair
 from fide.runner import METHODS, merge_results, register_pairs, select_shard
-from fide.synth import make_task
 
 # the shared fast configuration, with a short deformable stage for the runs that include it
 FAST = {**FAST_CONFIG, "deformable": {"iterations": 5}}
@@ -27,26 +28,6 @@ def fast_config(stages: str = "affine") -> FideConfig:
     cfg = config_from_dict(FAST)
     cfg.stages = stages
     return cfg
-
-
-@pytest.fixture(scope="module")
-def task_template(tmp_path_factory):
-    return make_task(tmp_path_factory.mktemp("template"), 4, 64, seed=2).parent
-
-
-@pytest.fixture
-def task(task_template, tmp_path):
-    """A fresh copy of a 4-pair 64 px task; returns its descriptor path."""
-    root = shutil.copytree(task_template, tmp_path / "task")
-    return next(root.glob("*_dataset.json"))
-
-
-def _pairs(descriptor):
-    return load_dataset(descriptor, check_files=False).split("val")
-
-
-def _table(output, name="results.csv"):
-    return pd.read_csv(output / name, keep_default_na=False).set_index("pair")
 
 
 def test_corrupt_truncated_and_missing_images_fail_alone(task, tmp_path):
