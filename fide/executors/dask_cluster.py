@@ -42,7 +42,12 @@ logger = logging.getLogger(__name__)
 
 # local:N: one retry per pair after a worker death, and each worker holds only the pair it runs (the default 1.1
 # saturation queues a second pair on a 1-thread worker, and a death would count against that pair too)
-LOCAL_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}
+LOCAL_CONFIG = {
+    "distributed.scheduler.allowed-failures": 1,
+    "distributed.scheduler.worker-saturation": 1.0,
+    # the profiler (every worker, 100 samples/s) keeps a history that grows with the run, for a dashboard never shown
+    "distributed.worker.profile.enabled": False,
+}
 
 
 class _FideSetup(WorkerPlugin):
@@ -137,7 +142,10 @@ class DaskExecutor:
             # set this environment before every (re)start of a worker, from the config and this process's variables
             environ = {**thread_environment(per_worker), "DASK_LOGGING__DISTRIBUTED": quiet}
             spawn = {f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in environ.items()}
-            with dask.config.set({**LOCAL_CONFIG, **spawn}), child_environment(per_worker, environ):
+            # in force until the cluster has closed (the stack unwinds LIFO), not only while it starts: a nanny that
+            # restarts a crashed worker, or anything else reading the config meanwhile, sees the same settings
+            stack.enter_context(dask.config.set({**LOCAL_CONFIG, **spawn}))
+            with child_environment(per_worker, environ):
                 cluster = stack.enter_context(
                     LocalCluster(
                         n_workers=self.local_workers,
