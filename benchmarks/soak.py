@@ -14,9 +14,12 @@ every pair is a separate registration with its own field. Then registers all of 
 
 After every pair it reads the resident set size (``VmRSS`` of /proc/PID/status: current, not peak) of each process
 that registers: this one for ``serial``, the spawned worker processes otherwise. Prints a Markdown table: wall
-time, pairs per minute, RSS per process after pair ``--early`` and after the last pair, the worst ratio of the two
-(target <= 1.05), and how many fields equal the earlier runs' bit for bit (one process uses all ``--threads``, the
-workers 1 each at ``--threads 2``: float sums may split differently between those, not between the two executors).
+time, pairs per minute, per process the peak of those readings over the early window (pairs ``--early``-9 to
+``--early``, 11-20 by default) and over the last 10 pairs, the worst ratio of the two peaks over the processes
+(target <= 1.05), the worst ratio of the single readings after pair ``--early`` and after the last pair (the earlier
+measure, for comparison), and how many fields equal the earlier runs' bit for bit (one process uses all
+``--threads``, the workers 1 each at ``--threads 2``: float sums may split differently between those, not between the
+two executors).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(REPO))  # this checkout's fide, not an installed one
 logger = logging.getLogger("soak")
 
 EXECUTORS = {"serial": "one process", "jobs2": "--jobs 2", "local2": "--dask local:2"}
+WINDOW = 10  # pairs in each window of RSS readings (the early one ends at --early, the late one at the last pair)
 
 
 def _rss_mib(pid: int | str = "self") -> float | None:
@@ -114,13 +118,34 @@ def _soak(name: str, pairs, out: Path, cfg, encoders, threads: int) -> dict:
     return {"seconds": time.perf_counter() - start, "table": table, "rss": rss}
 
 
-def _rss_cells(rss: list[dict[int, float]], early: int) -> tuple[str, str, str]:
-    """RSS per process after pair ``early`` and after the last pair, and the worst ratio over the processes."""
-    first, last = rss[early - 1], rss[-1]
-    both = sorted(set(first) & set(last))  # a process that died in between has no ratio
-    ratio = max((last[pid] / first[pid] for pid in both), default=float("nan"))
+def _windows(pairs: int, early: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The early and the late window of pairs (1-based, inclusive)."""
+    return (max(1, early - WINDOW + 1), early), (max(1, pairs - WINDOW + 1), pairs)
+
+
+def _peaks(rss: list[dict[int, float]], window: tuple[int, int]) -> dict[int, float]:
+    """Per process, the largest RSS read after the pairs of ``window``."""
+    peaks: dict[int, float] = {}
+    for row in rss[window[0] - 1 : window[1]]:
+        for pid, value in row.items():
+            peaks[pid] = max(value, peaks.get(pid, 0.0))
+    return peaks
+
+
+def _worst_ratio(late: dict[int, float], early: dict[int, float]) -> float:
+    both = set(early) & set(late)  # a process that died in between has no ratio
+    return max((late[pid] / early[pid] for pid in both), default=float("nan"))
+
+
+def _rss_cells(rss: list[dict[int, float]], early: int) -> tuple[str, str, str, str]:
+    """Peak RSS per process over the early and the late window, the worst ratio of the two peaks over the processes,
+    and the worst ratio of the single readings after pair ``early`` and after the last pair."""
+    # peaks over windows, not two single readings: one reading swings with the transient allocations of the pair
+    # just registered, so a ratio of two is noise of that size, not growth
+    first, last = (_peaks(rss, window) for window in _windows(len(rss), early))
     show = lambda row: " / ".join(f"{row[pid]:.0f}" for pid in sorted(row))  # noqa: E731
-    return show(first), show(last), f"{ratio:.3f}"
+    single = _worst_ratio(rss[-1], rss[early - 1])
+    return show(first), show(last), f"{_worst_ratio(last, first):.3f}", f"{single:.3f}"
 
 
 def _same(first, second) -> bool:
@@ -130,7 +155,7 @@ def _same(first, second) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=200)
-    parser.add_argument("--early", type=int, default=20, help="the pair whose RSS is the reference")
+    parser.add_argument("--early", type=int, default=20, help=f"the last pair of the early window ({WINDOW} pairs)")
     parser.add_argument("--distinct", type=int, default=10, help="distinct synthetic pairs behind the links")
     parser.add_argument("--size", type=int, default=834, help="side of the synthetic images, px (the challenge's)")
     parser.add_argument("--threads", type=int, help="threads in all (default: the cores this process may use)")
@@ -177,19 +202,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.config.name if args.config else 'default'}, {time.strftime('%Y-%m-%d')}\n"
     )
     early = args.early
+    (a, b), (c, d) = _windows(args.pairs, early)
     print(
-        f"| executor | wall s | pairs / min | RSS MiB after pair {early} (per process) | after pair {args.pairs} "
-        "| worst ratio | statuses | identical fields |"
+        f"| executor | wall s | pairs / min | peak RSS MiB, pairs {a}-{b} (per process) | peak, pairs {c}-{d} "
+        f"| worst peak ratio | single-reading ratio (after pair {early}, {args.pairs}) | statuses | identical fields |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, run in runs.items():
-        first, last, ratio = _rss_cells(run["rss"], early)
+        first, last, ratio, single = _rss_cells(run["rss"], early)
         statuses = ", ".join(f"{n} {s}" for s, n in run["table"]["status"].value_counts().items())
         equal = "; ".join(same.get(name, ["reference"]))
         rate = 60 * len(pairs) / run["seconds"]
         print(
-            f"| {EXECUTORS[name]} | {run['seconds']:.0f} | {rate:.2f} | {first} | {last} | {ratio} | {statuses} "
-            f"| {equal} |"
+            f"| {EXECUTORS[name]} | {run['seconds']:.0f} | {rate:.2f} | {first} | {last} | {ratio} | {single} "
+            f"| {statuses} | {equal} |"
         )
     return 0
 

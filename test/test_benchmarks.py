@@ -174,6 +174,22 @@ def test_soak_task_gives_every_listed_pair_its_own_case(tmp_path):
     assert len(unique_pairs(pairs)) == 5 and len({p.disp_name for p in pairs}) == 5
 
 
+def test_soak_compares_peaks_over_windows_not_single_readings():
+    """benchmarks/soak.py: a flat process whose reading after pair ``early`` happens to be low shows no growth in the
+    peak ratio (pairs 11-20 against the last 10), only in the single-reading ratio kept beside it."""
+    import soak
+
+    flat = [800.0 + (40.0 if k % 3 == 0 else 0.0) for k in range(1, 31)]  # a transient every third pair
+    flat[19] = 790.0  # the reading after pair 20
+    rising = [700.0 + k for k in range(1, 31)]
+    rss = [{1: a, 2: b} for a, b in zip(flat, rising)]
+    assert soak._windows(30, 20) == ((11, 20), (21, 30)) and soak._windows(6, 3) == ((1, 3), (1, 6))
+    early, late, peak_ratio, single_ratio = soak._rss_cells(rss, 20)
+    assert (early, late) == ("840 / 720", "840 / 730")
+    assert peak_ratio == f"{730 / 720:.3f}"  # the rising process; the flat one's peaks are equal
+    assert single_ratio == f"{840 / 790:.3f}"  # the flat one: 790 after pair 20, 840 after pair 30
+
+
 def test_concurrency_children_get_fides_own_thread_defaults(monkeypatch):
     import concurrency
 
