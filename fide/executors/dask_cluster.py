@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 LOCAL_CONFIG = {
     "distributed.scheduler.allowed-failures": 1,
     "distributed.scheduler.worker-saturation": 1.0,
-    # the profiler (every worker, 100 samples/s) keeps a history that grows with the run, for a dashboard never shown
+    # the profiler (100 samples/s per worker) keeps 1000 s of history: memory that grows with the run, never read
     "distributed.worker.profile.enabled": False,
 }
 
