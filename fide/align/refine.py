@@ -35,6 +35,9 @@ _MAX_MOVE_WORKING_PX = 8.0  # the refined map stays within this many working pix
 _GRID_NODES = 33  # nodes per side of the local correction's grid (bilinear between them, as ITK)
 # thin-plate regularisation, image side = 1 (synthetic 4096 px pair: 0.05 / 0.005 / 0.0005 gave 2.4 / 1.2 / 1.5 px)
 _TPS_SMOOTHING = 0.005
+# the matches' precision (their weights' unit) is measured in pixels of an image of this side, the size the
+# smoothing was calibrated at: in pixels of the image itself, an image k times larger was smoothed k² times more
+_PRECISION_SIDE_PX = 4096
 # passes at the first level before the ladder, their matches then dropped: measured through an affine, a patch
 # averages the local warp inside it (synthetic 8192 / 4096 px pairs: 2.5 / 1.15 px without, 1.8 / 0.95 px with one)
 _TRACKING_PASSES = 1
@@ -111,6 +114,14 @@ def _fit_affine(source: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
     affine = torch.eye(3, dtype=source.dtype)
     affine[:2] = solution.T
     return affine
+
+
+def _precision_weights(weights: torch.Tensor, rms: float, shape: tuple[int, int]) -> torch.Tensor:
+    """(N,) weights of a level's matches divided by the level's variance (its inlier RMS, fixed pixels, at least
+    half a pixel), measured in pixels of a ``_PRECISION_SIDE_PX`` image: the same matches on an image k times
+    larger, with k times the RMS, get the same weights, so the thin-plate smoothing does not depend on the size."""
+    precision = max(rms, 0.5) * _PRECISION_SIDE_PX / max(shape)
+    return weights / precision**2
 
 
 def _robust_fit(centres, targets, weights, shape, factor):
@@ -196,7 +207,7 @@ def refine(
             if fit_affine is not None and count >= max(_MIN_INLIERS, _MIN_INLIER_FRACTION * len(weights)):
                 # every accepted level's matches, each weighted by its own precision: fine levels, whose texture
                 # may differ between the modalities, add what they agree on without outvoting the coarse ones
-                gathered.append((sources, targets, weights / max(rms, 0.5) ** 2))
+                gathered.append((sources, targets, _precision_weights(weights, rms, fixed.shape)))
                 fit_affine, grid, _, _ = _robust_fit(*(torch.cat(parts) for parts in zip(*gathered)), fixed.shape, 1)
             levels.append({"factor": factor, "patches": len(centres), "matches": len(weights), "inliers": count})
             levels[-1]["rms_px"] = round(rms, 3) if math.isfinite(rms) else None
