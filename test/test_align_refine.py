@@ -12,7 +12,7 @@ import torch
 from fide import geometry
 from fide.align import open_source
 from fide.align.export import physical_transform, pixel_map_of
-from fide.align.refine import ladder, refine
+from fide.align.refine import _precision_weights, _robust_fit, ladder, refine
 from fide.align.source import working_image
 from fide.synth import make_pair
 
@@ -56,6 +56,24 @@ def test_ladder_runs_from_the_working_pixel_to_the_full_resolution_one():
     assert ladder((16384, 16384), 19.6) == [16, 8, 4, 2, 1]
     assert ladder((4096, 4096), 4.9) == [4, 2, 1]
     assert ladder((834, 834), 1.0) == []
+
+
+def test_the_fit_to_the_same_matches_on_a_larger_image_scales_with_it():
+    """Matches of an affine plus a smooth warp on a 4097 px image, and the same matches on one 4 times larger
+    (positions, displacements and level RMS x 4): the same inliers, and the local correction 4 times larger, so its
+    smoothing does not depend on the pixel count (with weights in the image's own pixels it was 16 times
+    stronger at the larger size: ~11 px off here)."""
+    rng = np.random.default_rng(0)
+    centres = torch.from_numpy(rng.uniform(200, 3900, (40, 2)))
+    warp = torch.stack([6 * torch.sin(centres[:, 1] / 900), 5 * torch.cos(centres[:, 0] / 700)], 1)
+    linear = torch.tensor([[1.01, 0.02], [-0.01, 0.99]], dtype=torch.float64)
+    targets = centres @ linear.T + warp + torch.from_numpy(rng.normal(0, 1, (40, 2)))
+    weights = torch.from_numpy(rng.uniform(0.3, 1.0, 40))
+    small, large = (4097, 4097), (16385, 16385)  # n - 1 scales by 4: the correction's grid nodes too
+    _, field, inliers, _ = _robust_fit(centres, targets, _precision_weights(weights, 1.8, small), small, 1)
+    _, field4, inliers4, _ = _robust_fit(4 * centres, 4 * targets, _precision_weights(weights, 7.2, large), large, 1)
+    assert torch.equal(inliers, inliers4) and float(field.abs().max()) > 3.0
+    torch.testing.assert_close(field4, 4 * field, rtol=0, atol=1e-6)
 
 
 def test_refinement_reduces_a_known_affine_error_below_half_a_pixel(pair, refined):

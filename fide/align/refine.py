@@ -1,13 +1,11 @@
 """Coarse-to-fine refinement of a working-size registration up to full-resolution pixels: :func:`refine`.
 
 At each level of a resolution ladder (powers of two from the working size's pixel down to the full-resolution
-pixel), patches with structure are cut from both images (only their windows are read: :class:`WindowReader`), the
-moving one through the current map with a margin; each patch's shift is the sub-pixel peak of the normalised
-cross-correlation of modality-robust channels (log-SHG against eosin, as the engine's search). The shifted patch
-centres are correspondences; an affine is fitted to them robustly (Tukey-weighted least squares) and a smooth local
+pixel), patches are matched between the two images (:mod:`fide.align.match`: patch centres moved by the sub-pixel
+NCC peak). An affine is fitted to these correspondences robustly (Tukey-weighted least squares) and a smooth local
 residual as a regularised thin-plate spline, sampled on a coarse grid (the map is ``A (p + u(p))``, ITK's
-``[affine, displacement field]``). Memory: one patch at a time. Points are (x, y) full-resolution pixels, fixed to
-moving, as in :mod:`fide.align.source`.
+``[affine, displacement field]``); each accepted level starts the next. Points are (x, y) full-resolution pixels,
+fixed to moving, as in :mod:`fide.align.source`.
 """
 
 from __future__ import annotations
@@ -18,12 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fide import geometry
-from fide.io.microscopy import WindowReader
-from fide.preprocess.intensity import optical_density, stain_channels
 
+from .match import PATCH_PX, Patches, match_level, patch_centres, structure_map
 from .resample import PixelMap
 from .source import ImageSource
 
@@ -31,18 +27,17 @@ __all__ = ["Refinement", "refine", "ladder"]
 
 logger = logging.getLogger(__name__)
 
-_PATCH_PX = 128  # patch side at each level, level pixels
-_PATCHES = 64  # patches per level (cells of an 8 x 8 lattice, the most structured candidate in each)
 _FIRST_MARGIN_PX = 16  # search radius at the first level: the working size's error plus the local warp
 _MARGIN_PX = 8  # later levels start within ~1 pixel of the previous level
-_MIN_NCC = 0.1  # a correlation peak below this matches nothing
-_MIN_SHARPNESS = 0.02  # peak minus the best correlation half the margin away: flat or repetitive patches are out
 _MIN_INLIERS = 12  # matches that must agree with the fitted map, per level
 _MIN_INLIER_FRACTION = 0.4  # of the matches found at a level
 _MAX_MOVE_WORKING_PX = 8.0  # the refined map stays within this many working pixels of the working-size map
 _GRID_NODES = 33  # nodes per side of the local correction's grid (bilinear between them, as ITK)
 # thin-plate regularisation, image side = 1 (synthetic 4096 px pair: 0.05 / 0.005 / 0.0005 gave 2.4 / 1.2 / 1.5 px)
 _TPS_SMOOTHING = 0.005
+# the matches' precision (their weights' unit) is measured in pixels of an image of this side, the size the
+# smoothing was calibrated at: in pixels of the image itself, an image k times larger was smoothed k² times more
+_PRECISION_SIDE_PX = 4096
 # passes at the first level before the ladder, their matches then dropped: measured through an affine, a patch
 # averages the local warp inside it (synthetic 8192 / 4096 px pairs: 2.5 / 1.15 px without, 1.8 / 0.95 px with one)
 _TRACKING_PASSES = 1
@@ -88,158 +83,8 @@ def ladder(fixed_shape: tuple[int, int], working_factor: float) -> list[int]:
     if working_factor < 1.5:
         return []
     top = int(math.floor(math.log2(working_factor)))
-    fits = min(fixed_shape) / (2 * (_PATCH_PX + 2 * _FIRST_MARGIN_PX))  # a lattice of patches fits at this factor
+    fits = min(fixed_shape) / (2 * (PATCH_PX + 2 * _FIRST_MARGIN_PX))  # a lattice of patches fits at this factor
     return [2**k for k in range(top, -1, -1) if 2**k <= fits]
-
-
-def _channel(pixels: np.ndarray, partner_channels: int) -> torch.Tensor:
-    """(X, Y, C) pixels → (X, Y) float32 modality-robust channel: log-SHG; eosin against SHG; mean optical density
-    against RGB (:func:`fide.preprocess.prepare.prepare_image`'s choice; NCC needs no normalisation)."""
-    values = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-    if values.shape[2] in (2, 4):  # alpha is not signal
-        values = values[..., :-1]
-    if values.shape[2] == 1:
-        return torch.log1p(values[..., 0].clamp(min=0))
-    rgb = values.permute(2, 0, 1)[None]
-    scale = 255.0 / float(np.iinfo(pixels.dtype).max) if np.issubdtype(pixels.dtype, np.integer) else 1.0
-    rgb = rgb * scale
-    channel = stain_channels(rgb)[:, 1] if partner_channels == 1 else optical_density(rgb).mean(1)
-    return channel[0]
-
-
-def _block_mean(pixels: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of ``factor`` x ``factor`` blocks of an (X, Y, C) array (cropped to whole blocks), float32."""
-    if factor == 1:
-        return pixels.astype(np.float32)
-    nx, ny = pixels.shape[0] // factor, pixels.shape[1] // factor
-    blocks = pixels[: nx * factor, : ny * factor].astype(np.float32)
-    return blocks.reshape(nx, factor, ny, factor, -1).mean((1, 3))
-
-
-def _structure(working: torch.Tensor, footprint: int) -> torch.Tensor:
-    """(X, Y) standard deviation of the working fixed image's log intensity over ``footprint``-pixel windows."""
-    image = torch.log1p(working.double().mean(0).clamp(min=0))
-    half = max(1, footprint // 2)
-
-    def box_mean(values: torch.Tensor) -> torch.Tensor:  # integral image: any window size at one cost
-        table = F.pad(values, (1, 0, 1, 0)).cumsum(0).cumsum(1)
-        width, height = values.shape
-        lo_x, hi_x = (torch.arange(width) - half).clamp(0, width), (torch.arange(width) + half + 1).clamp(0, width)
-        lo_y, hi_y = (torch.arange(height) - half).clamp(0, height), (torch.arange(height) + half + 1).clamp(0, height)
-        total = table[hi_x][:, hi_y] - table[lo_x][:, hi_y] - table[hi_x][:, lo_y] + table[lo_x][:, lo_y]
-        return total / ((hi_x - lo_x)[:, None] * (hi_y - lo_y)[None, :])
-
-    mean = box_mean(image)
-    return (box_mean(image**2) - mean**2).clamp(min=0).sqrt().float()
-
-
-def _centres(structure: torch.Tensor, to_working: torch.Tensor, shape, half: float, rng) -> torch.Tensor:
-    """(K, 2) patch centres, fixed full-resolution pixels: in each cell of a lattice, the most structured of a
-    few random candidates whose whole patch lies in the image; cells without structure give none."""
-    cells = int(round(math.sqrt(_PATCHES)))
-    width, height = shape
-    picked, scores = [], []
-    for i in range(cells):
-        for j in range(cells):
-            low = np.array([max(half, i * width / cells), max(half, j * height / cells)])
-            high = np.array(
-                [min(width - 1 - half, (i + 1) * width / cells), min(height - 1 - half, (j + 1) * height / cells)]
-            )
-            if (high <= low).any():
-                continue
-            candidates = torch.from_numpy(rng.uniform(low, high, (16, 2)))
-            at = geometry.apply_affine_to_points(to_working, candidates).round().long()
-            at[:, 0] = at[:, 0].clamp(0, structure.shape[0] - 1)
-            at[:, 1] = at[:, 1].clamp(0, structure.shape[1] - 1)
-            values = structure[at[:, 0], at[:, 1]]
-            best = int(values.argmax())
-            picked.append(candidates[best])
-            scores.append(float(values[best]))
-    if not picked:
-        return torch.zeros(0, 2, dtype=torch.float64)
-    scores_ = np.asarray(scores)
-    keep = scores_ >= 0.25 * np.median(scores_[scores_ > 0]) if (scores_ > 0).any() else scores_ > 0
-    return torch.stack(picked)[torch.from_numpy(keep)]
-
-
-def _ncc_surface(template: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
-    """Normalised cross-correlation of a (P, P) template at every shift inside a (P + 2M, P + 2M) search image:
-    (2M + 1, 2M + 1), [-1, 1], higher is better; index M + s is the template moved by s pixels."""
-    size = template.shape[0]
-    template = template - template.mean()
-    norm = template.norm().clamp(min=1e-8)
-    spectrum = torch.fft.rfft2(search.double()) * torch.conj(torch.fft.rfft2(template.double(), s=search.shape))
-    corr = torch.fft.irfft2(spectrum, s=search.shape)
-    shifts = search.shape[0] - size + 1
-    corr = corr[:shifts, :shifts]
-    integral = F.pad(search.double(), (1, 0, 1, 0)).cumsum(0).cumsum(1)
-    squares = F.pad(search.double() ** 2, (1, 0, 1, 0)).cumsum(0).cumsum(1)
-
-    def window(table: torch.Tensor) -> torch.Tensor:
-        return table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
-
-    local = (window(squares) - window(integral) ** 2 / size**2).clamp(min=0).sqrt()
-    return (corr / (local * norm).clamp(min=1e-8)).float()
-
-
-def _peak(surface: torch.Tensor, away_px: int) -> tuple[np.ndarray, float, float] | None:
-    """Sub-pixel (x, y) shift of the correlation peak (parabolic per axis), the peak and its sharpness; None when
-    the peak lies on the search border (the match is further than the margin)."""
-    n = surface.shape[0]
-    flat = int(surface.argmax())
-    i, j = divmod(flat, n)
-    if not (0 < i < n - 1 and 0 < j < n - 1):
-        return None
-    peak = float(surface[i, j])
-    away = surface.clone()
-    away[max(0, i - away_px) : i + away_px + 1, max(0, j - away_px) : j + away_px + 1] = -1.0
-    sharpness = peak - float(away.max())
-
-    def vertex(before: float, centre: float, after: float) -> float:
-        curvature = before - 2 * centre + after
-        return 0.0 if curvature >= 0 else float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5))
-
-    centre = n // 2
-    di = vertex(float(surface[i - 1, j]), peak, float(surface[i + 1, j]))
-    dj = vertex(float(surface[i, j - 1]), peak, float(surface[i, j + 1]))
-    return np.array([i + di - centre, j + dj - centre]), peak, sharpness
-
-
-class _Patches:
-    """Cuts level-resolution patches: the fixed one by block means, the moving one through a map."""
-
-    def __init__(self, fixed: ImageSource, moving: ImageSource) -> None:
-        self.fixed_reader = WindowReader(fixed.info, fixed.array)
-        self.moving_reader = WindowReader(moving.info, moving.array)
-        self.fixed_channels, self.moving_channels = fixed.info.channels, moving.info.channels
-
-    def close(self) -> None:
-        self.fixed_reader.close()
-        self.moving_reader.close()
-
-    def fixed(self, centre: torch.Tensor, factor: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(size, size) fixed channel around ``centre`` and the (x, y) fixed pixel of its first sample."""
-        x0, y0 = (int(round(float(c) - factor * size / 2)) for c in centre)
-        pixels = self.fixed_reader(x0, x0 + factor * size, y0, y0 + factor * size)
-        channel = _channel(_block_mean(pixels, factor), self.moving_channels)
-        return channel, torch.tensor([x0 + (factor - 1) / 2, y0 + (factor - 1) / 2], dtype=torch.float64)
-
-    def moving(self, mapping: PixelMap, first: torch.Tensor, factor: int, size: int, scale: float) -> torch.Tensor:
-        """(size, size) moving channel sampled where ``mapping`` sends the fixed level grid starting at ``first``."""
-        grid = geometry.identity_grid((size, size), like=torch.zeros((), dtype=torch.float64))
-        points = grid.reshape(2, -1).T * factor + first
-        mapped = mapping(points)  # (N, 2) moving full-resolution pixels
-        block = max(1, int(round(factor * scale)))
-        low = torch.floor(mapped.min(0).values).long() - block
-        high = torch.ceil(mapped.max(0).values).long() + 2 * block
-        pixels = self.moving_reader(int(low[0]), int(high[0]), int(low[1]), int(high[1]))
-        if min(pixels.shape[:2]) < block + 1:
-            return torch.zeros(size, size)
-        start = torch.clamp(low, min=0).to(torch.float64)
-        channel = _channel(_block_mean(pixels, block), self.fixed_channels)
-        index = (mapped - start - (block - 1) / 2) / block  # block-grid coordinates
-        values = geometry.sample_at(channel[None, None], index.float(), padding_mode="zeros")
-        return values[:, 0].reshape(size, size)
 
 
 def _tps_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -269,6 +114,14 @@ def _fit_affine(source: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
     affine = torch.eye(3, dtype=source.dtype)
     affine[:2] = solution.T
     return affine
+
+
+def _precision_weights(weights: torch.Tensor, rms: float, shape: tuple[int, int]) -> torch.Tensor:
+    """(N,) weights of a level's matches divided by the level's variance (its inlier RMS, fixed pixels, at least
+    half a pixel), measured in pixels of a ``_PRECISION_SIDE_PX`` image: the same matches on an image k times
+    larger, with k times the RMS, get the same weights, so the thin-plate smoothing does not depend on the size."""
+    precision = max(rms, 0.5) * _PRECISION_SIDE_PX / max(shape)
+    return weights / precision**2
 
 
 def _robust_fit(centres, targets, weights, shape, factor):
@@ -304,30 +157,6 @@ def _robust_fit(centres, targets, weights, shape, factor):
     return affine, residual_field.T.reshape(1, 2, _GRID_NODES, _GRID_NODES), inliers, rms
 
 
-def _match_level(patches: _Patches, centres, mapping: PixelMap, factor: int, margin: int, scale: float):
-    """Correspondences at one level: (N, 2) fixed centres, (N, 2) moving points, (N,) weights."""
-    sources, targets, weights = [], [], []
-    for centre in centres:
-        template, first = patches.fixed(centre, factor, _PATCH_PX)
-        if template.shape != (_PATCH_PX, _PATCH_PX) or float(template.std()) < 1e-6:
-            continue
-        search = patches.moving(mapping, first - factor * margin, factor, _PATCH_PX + 2 * margin, scale)
-        if float(search.std()) < 1e-6:
-            continue
-        found = _peak(_ncc_surface(template, search), max(3, margin // 2))
-        if found is None or found[1] < _MIN_NCC or found[2] < _MIN_SHARPNESS:
-            continue
-        shift, peak, sharpness = found
-        middle = first + factor * (_PATCH_PX - 1) / 2
-        sources.append(middle)
-        targets.append(mapping((middle + factor * torch.from_numpy(shift))[None])[0])
-        weights.append(peak * min(1.0, sharpness / 0.1))
-    if not sources:
-        empty = torch.zeros(0, 2, dtype=torch.float64)
-        return empty, empty, torch.zeros(0, dtype=torch.float64)
-    return torch.stack(sources), torch.stack(targets), torch.tensor(weights, dtype=torch.float64)
-
-
 def refine(
     fixed: ImageSource,
     moving: ImageSource,
@@ -359,18 +188,18 @@ def refine(
         return unchanged
     scale = float(torch.linalg.det(start_affine[:2, :2]).abs().sqrt())  # moving pixels per fixed pixel
     rng = np.random.default_rng(seed)
-    patches = _Patches(fixed, moving)
+    patches = Patches(fixed, moving)
     mapping, current, levels, gathered = PixelMap(start_affine), None, [], []
     try:
         sequence = [factors[0]] * _TRACKING_PASSES + factors
         for k, factor in enumerate(sequence):
             if k == _TRACKING_PASSES:  # the map now follows the local warp: patches measure what is left
                 gathered = []
-            half = factor * (_PATCH_PX / 2 + (_FIRST_MARGIN_PX if k == 0 else _MARGIN_PX)) + 1
-            footprint = max(3, int(round(factor * _PATCH_PX / working_factor)))
-            centres = _centres(_structure(working_fixed, footprint), to_working, fixed.shape, half, rng)
+            half = factor * (PATCH_PX / 2 + (_FIRST_MARGIN_PX if k == 0 else _MARGIN_PX)) + 1
+            footprint = max(3, int(round(factor * PATCH_PX / working_factor)))
+            centres = patch_centres(structure_map(working_fixed, footprint), to_working, fixed.shape, half, rng)
             margin = _FIRST_MARGIN_PX if k == 0 else _MARGIN_PX
-            sources, targets, weights = _match_level(patches, centres, mapping, factor, margin, scale)
+            sources, targets, weights = match_level(patches, centres, mapping, factor, margin, scale)
             fit_affine, grid, inliers, rms = (None, None, torch.zeros(0, dtype=torch.bool), float("inf"))
             if len(weights) >= _MIN_INLIERS:
                 fit_affine, grid, inliers, rms = _robust_fit(sources, targets, weights, fixed.shape, factor)
@@ -378,7 +207,7 @@ def refine(
             if fit_affine is not None and count >= max(_MIN_INLIERS, _MIN_INLIER_FRACTION * len(weights)):
                 # every accepted level's matches, each weighted by its own precision: fine levels, whose texture
                 # may differ between the modalities, add what they agree on without outvoting the coarse ones
-                gathered.append((sources, targets, weights / max(rms, 0.5) ** 2))
+                gathered.append((sources, targets, _precision_weights(weights, rms, fixed.shape)))
                 fit_affine, grid, _, _ = _robust_fit(*(torch.cat(parts) for parts in zip(*gathered)), fixed.shape, 1)
             levels.append({"factor": factor, "patches": len(centres), "matches": len(weights), "inliers": count})
             levels[-1]["rms_px"] = round(rms, 3) if math.isfinite(rms) else None

@@ -1,5 +1,6 @@
 """``fide example-pair OUT``: a synthetic SHG / bright-field pair as OME-TIFFs at 2:1 pixel sizes, to try
-``fide align`` on (the README's worked example), with its true landmarks."""
+``fide align`` on (the README's worked example), with its true landmarks. Above ``ENLARGE_ABOVE_PX`` the pair is
+rendered at that size and enlarged band by band into tiled pyramidal OME-TIFFs (:mod:`fide.synth.enlarged`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ import pandas as pd
 import tifffile
 
 from fide.synth import make_pair
+from fide.synth.enlarged import enlarged_points, write_enlarged
 
 __all__ = ["add_parser", "run", "write_example_pair"]
 
 logger = logging.getLogger("fide")
 
 FIXED_UM, MOVING_UM = 0.5, 1.0  # the bright field has pixels twice as large as the SHG
+# larger pairs are rendered at this side and enlarged: make_pair holds several float copies of the whole pair
+# (peak 3.3 GB at 4096 px, 11.5 GB at 8192, ~50 GB at 16 384)
+ENLARGE_ABOVE_PX = 4096
 
 
 def _ome(path: Path, rows_cols: np.ndarray, pixel_um: float) -> None:
@@ -33,25 +38,42 @@ def _ome(path: Path, rows_cols: np.ndarray, pixel_um: float) -> None:
     )
 
 
+def _render(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic val pair 0 as pictures: (size, size) uint8 SHG, (size // 2, size // 2, 3) uint8 bright field
+    (2 x 2 block means), and their (N, 2) landmarks (x, y) in each picture's pixels."""
+    pair = make_pair("val", 0, size, seed)
+    fixed = pair["fixed"][0].T  # fide's (x, y) arrays -> (row, column) pictures
+    moving = np.transpose(pair["moving"], (2, 1, 0)).astype(np.float32)
+    half = size // 2
+    moving = moving[: 2 * half, : 2 * half].reshape(half, 2, half, 2, 3).mean((1, 3))
+    moving = np.clip(np.rint(moving), 0, 255).astype(np.uint8)
+    return fixed, moving, pair["fixed_points"], (pair["moving_points"] + 0.5) / 2 - 0.5
+
+
 def write_example_pair(out: str | Path, size: int = 512, seed: int = 0) -> dict[str, Path]:
     """Write ``shg.ome.tif`` (grey, ``size``², 0.5 µm), ``bright field.ome.tif`` (RGB, half the pixels, 1 µm),
     ``landmarks.csv`` (fixed_x, fixed_y, moving_x, moving_y in each image's pixels) and ``pairs.csv`` (one row,
     for ``fide align --pairs`` and ``benchmarks/align_tre.py``).
 
     The bright field is the synthetic moving image averaged over 2 x 2 blocks, so a moving point q becomes
-    ``(q + 0.5) / 2 - 0.5``.
+    ``(q + 0.5) / 2 - 0.5``. Above ``ENLARGE_ABOVE_PX`` both pictures are rendered at that SHG side and enlarged
+    by ``size / ENLARGE_ABOVE_PX`` (bilinear, tiled pyramidal BigTIFF OME-TIFFs, :func:`write_enlarged`), the
+    landmarks alike (``(p + 0.5) * factor - 0.5``); the bright field then has ``floor(size / 2)`` pixels a side.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pair = make_pair("val", 0, size, seed)
-    fixed = pair["fixed"][0].T  # fide's (x, y) arrays -> (row, column) pictures
-    moving = np.transpose(pair["moving"], (2, 1, 0)).astype(np.float32)
-    half = size // 2
-    moving = moving[: 2 * half, : 2 * half].reshape(half, 2, half, 2, 3).mean((1, 3))
+    render = min(size, ENLARGE_ABOVE_PX)
+    fixed, moving, fixed_pts, moving_pts = _render(render, seed)
     paths = {"fixed": out / "shg.ome.tif", "moving": out / "bright field.ome.tif"}
-    _ome(paths["fixed"], fixed, FIXED_UM)
-    _ome(paths["moving"], np.clip(np.rint(moving), 0, 255).astype(np.uint8), MOVING_UM)
-    fixed_pts, moving_pts = pair["fixed_points"], (pair["moving_points"] + 0.5) / 2 - 0.5
+    if size <= render:
+        _ome(paths["fixed"], fixed, FIXED_UM)
+        _ome(paths["moving"], moving, MOVING_UM)
+    else:
+        factor = size / render
+        logger.info("rendered at %d px; enlarging x%.4g to %d px", render, factor, size)
+        write_enlarged(paths["fixed"], fixed, factor, FIXED_UM)
+        write_enlarged(paths["moving"], moving, factor, MOVING_UM)
+        fixed_pts, moving_pts = enlarged_points(fixed_pts, factor), enlarged_points(moving_pts, factor)
     table = pd.DataFrame(np.hstack([fixed_pts, moving_pts]), columns=["fixed_x", "fixed_y", "moving_x", "moving_y"])
     paths["landmarks"] = out / "landmarks.csv"
     table.to_csv(paths["landmarks"], index=False, float_format="%.3f")
@@ -69,7 +91,12 @@ def write_example_pair(out: str | Path, size: int = 512, seed: int = 0) -> dict[
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("example-pair", help="write a synthetic SHG / bright-field OME-TIFF pair")
     parser.add_argument("output", type=Path, help="folder for shg.ome.tif, 'bright field.ome.tif', landmarks.csv")
-    parser.add_argument("--size", type=int, default=512, help="SHG side in pixels (the bright field has half)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=512,
+        help=f"SHG side in pixels (the bright field has half); above {ENLARGE_ABOVE_PX}: rendered at that, enlarged",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
 

@@ -1,0 +1,66 @@
+"""``fide example-pair``: today's pair up to ENLARGE_ABOVE_PX, a rendered-then-enlarged pyramidal pair above it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import tifffile
+
+import fide.cli.example_pair as example_pair
+from fide.cli.main import main
+from fide.synth import make_pair
+from fide.synth.enlarged import enlarged_points
+
+_COLUMNS = ["fixed_x", "fixed_y", "moving_x", "moving_y"]
+
+
+def _render(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pair fide example-pair wrote before enlargement existed: SHG (rows, cols), bright field 2 x 2 block
+    means (rows / 2, cols / 2, 3) and the landmarks (N, 4) in each image's pixels."""
+    pair = make_pair("val", 0, size, 0)
+    moving = np.transpose(pair["moving"], (2, 1, 0)).astype(np.float32)
+    half = size // 2
+    moving = moving[: 2 * half, : 2 * half].reshape(half, 2, half, 2, 3).mean((1, 3))
+    points = np.hstack([pair["fixed_points"], (pair["moving_points"] + 0.5) / 2 - 0.5])
+    return pair["fixed"][0].T, np.clip(np.rint(moving), 0, 255).astype(np.uint8), points
+
+
+def _levels(path) -> tuple[list[tuple[int, ...]], tuple[int, int] | None]:
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        return [level.shape for level in tif.series[0].levels], (
+            page.tilelength,
+            page.tilewidth,
+        ) if page.is_tiled else None
+
+
+def test_512_px_is_the_pair_of_before(tmp_path):
+    """At and below the threshold nothing changed: the same pixels, plain (untiled) OME-TIFFs, the same landmarks."""
+    assert main(["example-pair", str(tmp_path), "--size", "512"]) == 0
+    fixed, moving, points = _render(512)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "shg.ome.tif"), fixed)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "bright field.ome.tif"), moving)
+    written = pd.read_csv(tmp_path / "landmarks.csv")
+    assert list(written.columns) == _COLUMNS
+    np.testing.assert_array_equal(written.to_numpy(), pd.DataFrame(points).round(3).to_numpy())
+    assert _levels(tmp_path / "shg.ome.tif") == ([(512, 512)], None)
+
+
+def test_above_the_threshold_the_render_is_enlarged_into_pyramids(tmp_path, monkeypatch):
+    """Threshold lowered to 128 px, --size 2100: the 128 px pair enlarged x16.4 (tiled pyramids down to <= 1024 px,
+    0.5 / 1 µm), the landmarks moved alike: mapped back they are the 128 px pair's."""
+    monkeypatch.setattr(example_pair, "ENLARGE_ABOVE_PX", 128)
+    assert main(["example-pair", str(tmp_path), "--size", "2100"]) == 0
+    shg, bright = tmp_path / "shg.ome.tif", tmp_path / "bright field.ome.tif"
+    assert _levels(shg) == ([(2100, 2100), (1050, 1050), (525, 525)], (512, 512))
+    assert _levels(bright) == ([(1050, 1050, 3), (525, 525, 3)], (512, 512))
+    fixed, moving = sitk.ReadImage(str(shg)), sitk.ReadImage(str(bright))
+    assert fixed.GetSpacing() == pytest.approx((0.5e-3, 0.5e-3)) and moving.GetSpacing() == pytest.approx((1e-3, 1e-3))
+    factor = 2100 / 128
+    _, _, points = _render(128)
+    written = pd.read_csv(tmp_path / "landmarks.csv")
+    assert list(written.columns) == _COLUMNS
+    expected = np.hstack([enlarged_points(points[:, :2], factor), enlarged_points(points[:, 2:], factor)])
+    np.testing.assert_allclose(written.to_numpy(), expected, atol=5e-4)  # the CSV's 3 decimals
