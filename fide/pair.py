@@ -26,7 +26,7 @@ from fide.preprocess import PreparedImage, prepare_pair
 from fide.preprocess.filters import layout_blur
 from fide.preprocess.working import WorkingPair, make_working_pair
 
-__all__ = ["FeatureFn", "PairInputs", "distinct_poses", "handcrafted_features", "measure_evidence", "prepare_inputs"]
+__all__ = ["FeatureFn", "PairInputs", "handcrafted_features", "measure_evidence", "prepare_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,18 +141,6 @@ def prepare_inputs(
         search_maps.insert(0, feature_fn(fixed.intensity, moving.intensity))
     inputs = PairInputs(fixed, moving, fixed_labels, moving_labels, feature_fn, opt.num_labels, cfg.fibres)
     return inputs, search_maps
-
-
-def distinct_poses(
-    poses: list[torch.Tensor], known: list[torch.Tensor], shape: tuple[int, int], tolerance: float
-) -> list[torch.Tensor]:
-    """``poses`` without those that are the same pose (:func:`fide.geometry.same_pose`) as a known or an earlier one:
-    the evidence is measured once per pose."""
-    kept: list[torch.Tensor] = []
-    for affine in poses:
-        if not any(geometry.same_pose(affine, other, shape, tolerance) for other in [*known, *kept]):
-            kept.append(affine)
-    return kept
 
 
 def measure_evidence(

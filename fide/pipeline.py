@@ -22,7 +22,7 @@ from fide.features import ModalityEncoders
 from fide.optimise.deformable import optimise_deformable
 from fide.optimise.instance import label_nmi, optimise_affine
 from fide.optimise.losses import LabelNMILoss
-from fide.pair import FeatureFn, PairInputs, distinct_poses, handcrafted_features, measure_evidence, prepare_inputs
+from fide.pair import FeatureFn, PairInputs, handcrafted_features, measure_evidence, prepare_inputs
 from fide.prealign.fibre_texture import POLISH_LEARNING_RATE
 from fide.prealign.fibres import fibre_search
 from fide.prealign.prealign import fixed_keypoints, prealign_affine
@@ -115,7 +115,8 @@ def register_pair(
         )
 
     restarts = list(optimise_affine(inputs.working(cfg.optimise.size_px), torch.stack(starts), cfg.optimise)[0])
-    others = distinct_poses(screened, restarts, inputs.fixed.shape, cfg.confidence.distinct_fraction)
+    distinct = geometry.distinct_poses(screened, inputs.fixed.shape, cfg.confidence.distinct_fraction, restarts)
+    others = [screened[i] for i in distinct]
     evidence = measure_evidence(inputs, restarts, "restart", cfg) + measure_evidence(inputs, others, "candidate", cfg)
     decision = decide(evidence, inputs.fixed.shape, cfg.confidence)
     clock.lap("affine")
@@ -281,7 +282,7 @@ def _refine_if_nmi_rises(
 
 
 def _working_nmi(loss: LabelNMILoss, working: WorkingPair, affine: torch.Tensor) -> float:
-    level = geometry.rescale_affine(affine, working.fixed_factors, working.moving_factors)[None]
+    level = working.down(affine)[None]
     disp = geometry.affine_to_disp(level.to(working.fixed_features), working.shape)
     return float(label_nmi(loss, working.fixed_labels, working.moving_labels, disp)[0])
 
@@ -309,7 +310,10 @@ def _screen(
         logger.debug("screen: NMI %.4f", score)
     scored.sort(key=lambda item: -item[0])
     best = scored[0][0]
-    starts = [affine for score, affine in scored if score >= RESTART_KEEP_RATIO * best][: max(1, opt.restarts)]
+    promising = [affine for score, affine in scored if score >= RESTART_KEEP_RATIO * best]
+    # screening pulls candidates of one basin together: a restart is spent on each basin once
+    basins = geometry.distinct_poses(promising, inputs.fixed.shape, cfg.confidence.distinct_fraction)
+    starts = [promising[i] for i in basins][: max(1, opt.restarts)]
     if cfg.runs("prealign"):
         working = inputs.working(cfg.prealign.size_px)
         keypoints = fixed_keypoints(working, cfg.prealign)

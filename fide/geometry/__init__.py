@@ -23,6 +23,10 @@ Conventions (every other module relies on them, none re-derives them):
   (:func:`index_to_physical`); a pixel affine ``A`` becomes the physical ``P_moving @ A @ P_fixed^-1``
   (:func:`pixel_to_physical_affine`), the map ``SimpleITK.Resample(moving, fixed, T)`` expects. These live in
   :mod:`fide.geometry.physical` and are re-exported here: callers use ``fide.geometry`` alone.
+* **The same pose.** Two affines are one pose when they put every fixed corner within a fraction of the side of
+  each other (:mod:`fide.geometry.poses`, re-exported): the one rule for merging and pruning hypotheses.
+* **Levels.** A pair at a coarser resolution is a :class:`PairLevel` (:mod:`fide.geometry.levels`, re-exported):
+  both images resized by one factor, ``down`` / ``up`` carry affines between full resolution and the level.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from fide.geometry.levels import PairLevel, level_shapes
 from fide.geometry.physical import (
     PhysicalFrame,
     index_to_physical,
     physical_to_pixel_affine,
     pixel_to_physical_affine,
 )
+from fide.geometry.poses import corner_positions, distinct_poses, same_pose
 from fide.geometry.resampling import downsample, rescale_affine, resize_image, resize_matrix, scale_factors
 
 __all__ = [
@@ -54,6 +60,10 @@ __all__ = [
     "sample_at",
     "apply_affine_to_points",
     "same_pose",
+    "distinct_poses",
+    "PairLevel",
+    "level_shapes",
+    "corner_positions",
     "resize_image",
     "downsample",
     "resize_disp",
@@ -259,16 +269,6 @@ def compose_affine(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
 def apply_affine_to_points(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Map points (N, 2) (or (B, N, 2)) in array order through a (3, 3) (or (B, 3, 3)) affine."""
     return points @ affine[..., :2, :2].transpose(-1, -2) + affine[..., None, :2, 2]
-
-
-def same_pose(a: torch.Tensor, b: torch.Tensor, shape: Sequence[int], tolerance: float) -> bool:
-    """Whether two (3, 3) fixed → moving affines map every corner of a fixed image of ``shape`` (H, W) within
-    ``tolerance`` x its longest side of each other: fide's one rule for "the same pose" (rotations, scales, shifts
-    and mirrors all show at the corners)."""
-    h, w = shape
-    corners = torch.tensor([[0.0, 0.0], [0.0, w - 1.0], [h - 1.0, 0.0], [h - 1.0, w - 1.0]], dtype=torch.float64)
-    first, second = (apply_affine_to_points(m.detach().to("cpu", torch.float64), corners) for m in (a, b))
-    return float((first - second).norm(dim=1).max()) <= tolerance * max(h, w)
 
 
 def map_points(points: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:

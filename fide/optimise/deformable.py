@@ -49,7 +49,7 @@ def optimise_deformable(
         (1, 2, H, W) full-resolution displacement, fixed to moving: ``u(p) = r(p) + A(p + r(p)) - (p + r(p))``;
         the affine alone when the residual would fold or exceed ``cfg.max_disp_px``.
     """
-    level_affine = geometry.rescale_affine(affine, pair.fixed_factors, pair.moving_factors)[None]
+    level_affine = pair.down(affine)[None]
     affine_disp = geometry.affine_to_disp(level_affine.to(pair.fixed_features), pair.shape)
     full_affine_disp = geometry.affine_to_disp(affine[None].to(pair.fixed_features), fixed_shape)
     grid_shape = tuple(max(2, n // cfg.grid_spacing_px) for n in pair.shape)

@@ -97,8 +97,7 @@ def _optimise_starts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Starts (B, 3, 3) → their best full-resolution affines (B, 3, 3) and those affines' working-level NMIs (B,)."""
     batch = init_affines.shape[0]
-    inv = [1 / f for f in pair.fixed_factors], [1 / f for f in pair.moving_factors]
-    init = geometry.rescale_affine(init_affines, pair.fixed_factors, pair.moving_factors).to(pair.fixed_features)
+    init = pair.down(init_affines).to(pair.fixed_features)
     disp = geometry.affine_to_disp(init, pair.shape).clone().requires_grad_(True)
     optimiser = torch.optim.Adam([disp], lr=cfg.learning_rate, amsgrad=True)
     nmi_loss = LabelNMILoss(cfg.num_labels)
@@ -147,7 +146,7 @@ def _optimise_starts(
         optimiser.zero_grad()
         (loss * batch).backward()  # both losses average over the batch: undo it so each start sees its own gradient
         optimiser.step()
-    return geometry.rescale_affine(best_affine.to(init_affines), *inv), best_nmi
+    return pair.up(best_affine.to(init_affines)), best_nmi
 
 
 def _warp_labels(labels: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:

@@ -37,13 +37,12 @@ POLISH_LEARNING_RATE = 0.05  # fide: Adam step of the texture polish (FibreConfi
 
 
 @dataclass
-class TextureLevel:
-    """One resolution's band-passed images and patches, and its grid's scale factors to and from full resolution."""
+class TextureLevel(geometry.PairLevel):
+    """One resolution's band-passed images and patches (its factors to and from full resolution inherited)."""
 
     fixed_band: torch.Tensor
     moving_band: torch.Tensor
     patches: list[Patch]
-    to_level: tuple[tuple[float, float], tuple[float, float]]
     length: float  # pixels of this grid per pixel of an 834 px image: the fibre modules' lengths times this
     _spectra: MovingSpectra | None = field(default=None, repr=False)
 
@@ -53,31 +52,24 @@ class TextureLevel:
         self._spectra = MovingSpectra.reuse(self._spectra, self.moving_band, box_px(self.patches, linear))
         return self._spectra
 
-    def down(self, affine: torch.Tensor) -> torch.Tensor:
-        return geometry.rescale_affine(affine, *self.to_level)
-
-    def up(self, affine: torch.Tensor) -> torch.Tensor:
-        return geometry.rescale_affine(affine, *[tuple(1 / f for f in factors) for factors in self.to_level])
-
 
 def texture_level(
     fixed: torch.Tensor, moving: torch.Tensor, size_px: int, band_px: Sequence[float], patches: int
 ) -> TextureLevel:
-    factor = min(1.0, size_px / max(fixed.shape[-2:]))  # both images by one factor: the pixel-size ratio stays
-    fixed_shape, moving_shape = (tuple(max(8, round(n * factor)) for n in im.shape[-2:]) for im in (fixed, moving))
-    fixed_level = geometry.downsample(fixed, fixed_shape) if factor < 1 else fixed
-    moving_level = geometry.downsample(moving, moving_shape) if factor < 1 else moving
+    full = (fixed.shape[-2:], moving.shape[-2:])
+    fixed_shape, moving_shape = geometry.level_shapes(*full, size_px)  # one factor: the pixel-size ratio stays
+    smaller = size_px < max(fixed.shape[-2:])
+    fixed_level = geometry.downsample(fixed, fixed_shape) if smaller else fixed
+    moving_level = geometry.downsample(moving, moving_shape) if smaller else moving
     length = max(fixed_shape) / REFERENCE_SIDE_PX  # the core fills the image: fibres are thinner in smaller images
     low, high = (width * length for width in band_px)
-    return TextureLevel(
-        band_pass(fixed_level, low, high),
-        band_pass(moving_level, low, high),
-        collagen_patches(fixed_level, patches, PATCH_SMOOTH_PX * length, PATCH_MAX_RADIUS_PX * length),
-        (
-            geometry.scale_factors(fixed.shape[-2:], fixed_shape),
-            geometry.scale_factors(moving.shape[-2:], moving_shape),
-        ),
-        length,
+    return TextureLevel.between(
+        full,
+        (fixed_shape, moving_shape),
+        fixed_band=band_pass(fixed_level, low, high),
+        moving_band=band_pass(moving_level, low, high),
+        patches=collagen_patches(fixed_level, patches, PATCH_SMOOTH_PX * length, PATCH_MAX_RADIUS_PX * length),
+        length=length,
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from fide import geometry
+from fide.config import REFERENCE_SIDE_PX
 from fide.prealign.fibre_match import MovingSpectra, box_px, locate_patches, patch_consensus, similarity_grid
 from fide.prealign.fibre_texture import (
     TEXTURE_PATCHES,
@@ -57,18 +58,22 @@ RANSAC_ITERATIONS = 300  # samples of three among at most a dozen located patche
 MIN_INLIERS = 5  # fide: patches that must agree on one affine (three always fit one; 4 agreed by chance)
 REFINE_ITERATIONS = 20  # fide: Levenberg-Marquardt steps of each texture fit: 20 reached what 60 Adam steps had
 FIT_DAMPING = 1e-3  # initial Marquardt factor of those fits
+# fide: grid poses closer than this (a fraction of the side, fide.geometry.same_pose) are one peak of the consensus:
+# it falls ~60 % 3° off the truth, so neighbours within ~5° (0.06 at the corners) add no candidate
+GRID_DISTINCT = 0.06
+# a hypothesis within a third of a patch's search window of an earlier one is confirmed once (8 px at 834 px)
+HYPOTHESIS_DISTINCT = LOCATE_WINDOW_PX / 3 / REFERENCE_SIDE_PX
 VERIFY_BELOW = 0.2  # fide: a confirmed pose is kept when its fitted texture NCC reaches this (a wrong pose scores ~0)
 
 
 def _best_poses(
     level: TextureLevel, linear: torch.Tensor, batch: int, pool_px: int, count: int, votes: Sequence[str] = ("mean",)
-) -> tuple[list[tuple[float, torch.Tensor]], float]:
+) -> list[tuple[float, torch.Tensor]]:
     """The ``count`` best distinct poses of a grid for each patch vote, interleaved best first without repeats, as
-    (consensus score, (3, 3) affine on the level's grid), and the best score of a pose far from the first winner (the
-    runner-up).
+    (consensus score, (3, 3) affine on the level's grid).
 
-    Poses are distinct when the reference point lands apart or the linear parts differ by more than the grid's
-    tolerance; on dense texture the true pose can rank second or third by a few hundredths.
+    Poses are distinct by :func:`fide.geometry.distinct_poses` at :data:`GRID_DISTINCT`; on dense texture the true
+    pose can rank second or third by a few hundredths.
     """
     scores, positions, reference = [], [], None
     spectra = MovingSpectra(level.moving_band, box_px(level.patches, linear))
@@ -81,38 +86,18 @@ def _best_poses(
         scores.append(value)
         positions.append(torch.stack([index // consensus.shape[-1], index % consensus.shape[-1]], -1).float())
     score, position = torch.cat(scores, 1), torch.cat(positions, 1)  # (V, P), (V, P, 2)
-    radius = 4 * pool_px + 4
-    far = (position[0] - position[0, int(score[0].argmax())]).norm(dim=1) > radius
-    runner_up = float(score[0, far].max()) if bool(far.any()) else -1.0
-
-    def distinct(kept: list[tuple[int, int]], vote: int, index: int) -> bool:
-        return all(
-            float((position[vote, index] - position[v, j]).norm()) > radius
-            or float(torch.linalg.matrix_norm(linear[index] - linear[j])) > 0.2  # ~2 angle steps or a mirror
-            for v, j in kept
-        )
-
-    ranked: list[list[tuple[int, int]]] = []
-    for vote in range(len(score)):
-        own: list[tuple[int, int]] = []
-        for index in torch.argsort(score[vote], descending=True).tolist():
-            if distinct(own, vote, index):
-                own.append((vote, index))
-            if len(own) == count:
-                break
-        ranked.append(own)
-    kept: list[tuple[int, int]] = []
-    for rank in range(count):
-        for own in ranked:
-            if rank < len(own) and distinct(kept, *own[rank]):
-                kept.append(own[rank])
-    poses = []
-    for vote, index in kept:
-        affine = torch.eye(3, device=linear.device)
-        affine[:2, :2] = linear[index]
-        affine[:2, 2] = position[vote, index] - linear[index] @ reference
-        poses.append((float(score[vote, index]), affine))
-    return poses, runner_up
+    affines = torch.eye(3, device=linear.device).repeat(*score.shape, 1, 1)  # (V, P, 3, 3)
+    affines[..., :2, :2] = linear
+    affines[..., :2, 2] = position - linear @ reference
+    shape = level.fixed_band.shape[-2:]
+    order = torch.argsort(score, dim=1, descending=True)  # (V, P)
+    ranked = [
+        [int(order[vote, i]) for i in geometry.distinct_poses(affines[vote, order[vote]], shape, GRID_DISTINCT)]
+        for vote in range(len(score))
+    ]
+    interleaved = [(vote, own[rank]) for rank in range(count) for vote, own in enumerate(ranked) if rank < len(own)]
+    kept = geometry.distinct_poses(torch.stack([affines[v, i] for v, i in interleaved]), shape, GRID_DISTINCT)
+    return [(float(score[interleaved[k]]), affines[interleaved[k]]) for k in kept]
 
 
 @dataclass
@@ -122,7 +107,6 @@ class FibreMatch:
     affine: torch.Tensor  # (3, 3) full resolution, fixed to moving
     texture_score: float  # the patches' mean NCC under ``affine`` at full resolution (see :func:`texture_score`)
     grid_score: float  # the grid's consensus at the matched pose (nan when a hypothesis was confirmed)
-    runner_up: float  # the grid shell's best consensus far from its winner (nan likewise)
     current_score: float  # texture score of the ``current`` affine given to the search (nan when none was)
 
 
@@ -196,15 +180,15 @@ def fibre_search(
     texture = texture or FibreTexture(fixed, moving)
     current_score = texture.score(current) if current is not None else float("nan")
     confirmed = None
-    for hypothesis in _distinct_poses(hypotheses, fine, LOCATE_WINDOW_PX / 3):
-        found = _confirm(fine, hypothesis, seed)
+    for index in geometry.distinct_poses(hypotheses, fixed.shape[-2:], HYPOTHESIS_DISTINCT):
+        found = _confirm(fine, hypotheses[index], seed)
         if found is not None and (confirmed is None or found[1] > confirmed[1]):
             confirmed = found
     if confirmed is not None:
         affine, score = _fit_texture(fine, texture, confirmed[0])
         # a few patches can agree near a wrong hypothesis by chance in dense texture; its fit stays weak
         if score >= VERIFY_BELOW:
-            return FibreMatch(affine, score, float("nan"), float("nan"), current_score)
+            return FibreMatch(affine, score, float("nan"), current_score)
     if not grid:
         return None
     coarse = texture_level(fixed, moving, GRID_SIZE_PX, GRID_BAND_PX, GRID_PATCHES)
@@ -213,36 +197,17 @@ def fibre_search(
     linear = similarity_grid(*scale_range, ANGLE_STEP_DEG, SCALE_STEP, mirrors, max_rotation_deg).to(fixed)
     best_match = None
     for shell in _grid_shells(linear, LIKELY_SCALES):
-        poses, runner_up = _best_poses(coarse, shell, BATCH, POOL_PX, GRID_CANDIDATES, VOTES)
+        poses = _best_poses(coarse, shell, BATCH, POOL_PX, GRID_CANDIDATES, VOTES)
         for grid_score, pose in poses:
             confirmed = _confirm(fine, coarse.up(pose), seed)
             if confirmed is None:
                 continue
             affine, score = _fit_texture(fine, texture, confirmed[0])
             if best_match is None or score > best_match.texture_score:
-                best_match = FibreMatch(affine, score, grid_score, runner_up, current_score)
+                best_match = FibreMatch(affine, score, grid_score, current_score)
             if score >= VERIFY_BELOW:  # confirmed with a real texture fit: the rest of the grid is not needed
                 return best_match
     return best_match
-
-
-def _distinct_poses(poses: Sequence[torch.Tensor], level: TextureLevel, tolerance_px: float) -> list[torch.Tensor]:
-    """``poses`` (full-resolution (3, 3) affines) without those that put every patch centre within ``tolerance_px``
-    (pixels at 834 px) of where an earlier one puts it: a restart and the search candidate it started from would
-    be confirmed twice."""
-    if not level.patches:
-        return list(poses)
-    fixed_factors = torch.tensor(level.to_level[0])  # full resolution → level pixels
-    full_centres = torch.stack([patch.centre for patch in level.patches]).cpu() / fixed_factors
-    tolerance = tolerance_px * level.length / float(fixed_factors.max())  # pixels of the full-resolution image
-    kept: list[torch.Tensor] = []
-    landed: list[torch.Tensor] = []
-    for pose in poses:
-        points = geometry.apply_affine_to_points(pose.cpu().to(full_centres), full_centres)
-        if all(float((points - other).norm(dim=1).max()) > tolerance for other in landed):
-            kept.append(pose)
-            landed.append(points)
-    return kept
 
 
 def _grid_shells(linear: torch.Tensor, likely_scales: tuple[float, float]) -> list[torch.Tensor]:

@@ -53,7 +53,7 @@ def prealign_affine(
         (3, 3) full-resolution affine and the inlier count; ``init_affine`` itself when inliers < ``cfg.min_inliers``.
     """
     fixed_points, fixed_desc = fixed if fixed is not None else fixed_keypoints(pair, cfg)
-    working = geometry.rescale_affine(init_affine, pair.fixed_factors, pair.moving_factors)[None]
+    working = pair.down(init_affine)[None]
     disp = geometry.affine_to_disp(working.to(pair.fixed_features), pair.shape)
     warped_features = geometry.warp(pair.moving_features, disp, padding_mode="border")
     warped_intensity = geometry.warp(pair.moving_intensity, disp)
@@ -79,5 +79,4 @@ def prealign_affine(
     if count < cfg.min_inliers:
         return init_affine, count
     total = geometry.compose_affine(working[0], residual)
-    inv = [1 / f for f in pair.fixed_factors], [1 / f for f in pair.moving_factors]
-    return geometry.rescale_affine(total, *inv), count
+    return pair.up(total), count

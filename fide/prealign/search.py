@@ -28,6 +28,14 @@ BATCH = 24  # candidates per FFT batch (memory ~ batch * K^2 * canvas^2 complex)
 # fide: a second, finer level of the search around each candidate: angles within ±4° in 9 steps, then scales
 # within ×/÷ 1.06 in 5, translations within 6 % of the side
 REFINE_SIZE_PX = 128
+# fide: one peak of the coarse grid spreads over its neighbouring rotations at 64 px, each with its own best shift;
+# grid poses within this many angle steps of a better one (compared without their shifts, at the corners,
+# fide.geometry.same_pose) add no candidate. With the shifts, or at 2.5 steps, near-copies of one basin got
+# through or a true basin was suppressed on the development tasks (benchmarks/HISTORY.md, 2026-12-03)
+BASIN_STEPS = 2
+# fide: candidates of one basin from two criteria, each refined at REFINE_SIZE_PX, land within ~3° and ~5 % scale
+# of each other: 0.04 of the side at the corners
+MERGE_DISTINCT = 0.04
 REFINE_ANGLE_DEG = 4.0
 REFINE_ANGLE_STEPS = 9
 REFINE_SCALE_STEPS = 5
@@ -153,19 +161,17 @@ def cross_correlation_coefficient(
 
 
 @dataclass
-class _Level:
+class _Level(geometry.PairLevel):
     """Both images at one search resolution, as the scoring function wants them."""
 
     fixed: torch.Tensor  # (C, hf, wf): label indicators (MI) or intensity + validity (NCC)
     moving: torch.Tensor  # (1, C, hm, wm)
-    fixed_factors: tuple[float, float]  # full-res → level pixel factors
-    moving_factors: tuple[float, float]
     criterion: str  # "mi" or "ncc"
 
 
 def _level_shapes(fixed: torch.Tensor, moving: torch.Tensor, size_px: int):
-    factor = size_px / max(fixed.shape[-2:])
-    return [tuple(max(2, round(n * factor)) for n in t.shape[-2:]) for t in (fixed, moving)]
+    # the search's sizes are its own: small test images are enlarged to them
+    return geometry.level_shapes(fixed.shape[-2:], moving.shape[-2:], size_px, min_side=2, enlarge=True)
 
 
 def _label_level(
@@ -181,13 +187,8 @@ def _label_level(
         one_hot_labels(kmeans_labels(geometry.downsample(image, shape), num_labels, seed=seed), num_labels)
         for image, shape in zip((fixed_colour, moving_colour), shapes)
     ]
-    return _Level(
-        onehots[0][0],
-        onehots[1],
-        geometry.scale_factors(fixed_colour.shape[-2:], shapes[0]),
-        geometry.scale_factors(moving_colour.shape[-2:], shapes[1]),
-        "mi",
-    )
+    full = (fixed_colour.shape[-2:], moving_colour.shape[-2:])
+    return _Level.between(full, shapes, fixed=onehots[0][0], moving=onehots[1], criterion="mi")
 
 
 def _intensity_level(fixed_intensity: torch.Tensor, moving_intensity: torch.Tensor, size_px: int) -> _Level:
@@ -195,12 +196,12 @@ def _intensity_level(fixed_intensity: torch.Tensor, moving_intensity: torch.Tens
     shapes = _level_shapes(fixed_intensity, moving_intensity, size_px)
     fixed = geometry.downsample(fixed_intensity, shapes[0])
     moving = geometry.downsample(moving_intensity, shapes[1])
-    return _Level(
-        torch.cat([fixed, torch.ones_like(fixed)], dim=1)[0],
-        torch.cat([moving, torch.ones_like(moving)], dim=1),
-        geometry.scale_factors(fixed_intensity.shape[-2:], shapes[0]),
-        geometry.scale_factors(moving_intensity.shape[-2:], shapes[1]),
-        "ncc",
+    return _Level.between(
+        (fixed_intensity.shape[-2:], moving_intensity.shape[-2:]),
+        shapes,
+        fixed=torch.cat([fixed, torch.ones_like(fixed)], dim=1)[0],
+        moving=torch.cat([moving, torch.ones_like(moving)], dim=1),
+        criterion="ncc",
     )
 
 
@@ -244,9 +245,7 @@ def _score_candidates(
 def _to_full_resolution(level: _Level, level_affines: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     shifted = level_affines.clone()
     shifted[:, :2, 2] += (level_affines[:, :2, :2] @ shifts.unsqueeze(-1)).squeeze(-1)
-    inv_f = [1 / f for f in level.fixed_factors]
-    inv_m = [1 / f for f in level.moving_factors]
-    return geometry.rescale_affine(shifted, inv_f, inv_m)
+    return level.up(shifted)
 
 
 def _candidate_affines(
@@ -263,37 +262,22 @@ def _candidate_affines(
     return affines, grid
 
 
-def _distinct(grid: torch.Tensor, scores: torch.Tensor, top_k: int, min_angle_deg: float) -> list[int]:
-    order = torch.argsort(scores, descending=True).tolist()
-    kept: list[int] = []
-    for index in order:
-        if not math.isfinite(float(scores[index])):
-            break
-        angle, scale, mirror = grid[index].tolist()
-        if all(
-            mirror != grid[j, 2]
-            or abs((angle - float(grid[j, 0]) + 180) % 360 - 180) > min_angle_deg
-            or abs(math.log(scale / float(grid[j, 1]))) > 0.12
-            for j in kept
-        ):
-            kept.append(index)
-        if len(kept) == top_k:
-            break
-    return kept
-
-
-def _coarse_candidates(level: _Level, fine: _Level, centres, cfg: SearchConfig) -> list[Candidate]:
+def _coarse_candidates(
+    level: _Level, fine: _Level, centres, fixed_shape: Sequence[int], cfg: SearchConfig
+) -> list[Candidate]:
     angles = rotation_angles_deg(cfg.angle_step_deg, cfg.max_rotation_deg).tolist()
     scales = torch.logspace(math.log10(cfg.scale_min), math.log10(cfg.scale_max), cfg.scale_steps).tolist()
     mirrors = search_mirrors(cfg.mirror)
     affines, grid = _candidate_affines(level, centres, angles, scales, mirrors)
     max_shift = max(2, round(MAX_SHIFT * max(level.fixed.shape[-2:])))
     scores, shifts = _score_candidates(level, affines, max_shift, MIN_OVERLAP, BATCH)
-    kept = _distinct(grid, scores, cfg.top_k, min_angle_deg=2.5 * cfg.angle_step_deg)
-    full = _to_full_resolution(level, affines[kept], shifts[kept])
+    order = [i for i in torch.argsort(scores, descending=True).tolist() if math.isfinite(float(scores[i]))]
+    full = _to_full_resolution(level, affines[order], shifts[order])
+    unshifted = _to_full_resolution(level, affines[order], torch.zeros_like(shifts[order]))  # rotation and scale
+    peaks = geometry.distinct_poses(unshifted, fixed_shape, _basin_fraction(cfg.angle_step_deg), limit=cfg.top_k)
     coarse = [
         Candidate(full[n], float(grid[i, 0]), float(grid[i, 1]), bool(grid[i, 2] > 0.5), float(scores[i]))
-        for n, i in enumerate(kept)
+        for n, i in ((n, order[n]) for n in peaks)
     ]
     return [refine_similarity(fine, c) for c in coarse]
 
@@ -330,6 +314,7 @@ def search_similarity(
             _intensity_level(fixed_map, moving_map, cfg.size_px),
             _intensity_level(fixed_map, moving_map, REFINE_SIZE_PX),
             centres,
+            fixed_colour.shape[-2:],
             cfg,
         )
         for fixed_map, moving_map in intensities
@@ -339,23 +324,19 @@ def search_similarity(
             _label_level(fixed_colour, moving_colour, cfg.size_px, NUM_LABELS, seed),
             _label_level(fixed_colour, moving_colour, REFINE_SIZE_PX, NUM_LABELS, seed),
             centres,
+            fixed_colour.shape[-2:],
             cfg,
         )
     )
-    merged: list[Candidate] = []
-    for rank in range(cfg.top_k):
-        for candidates in proposals:
-            if rank < len(candidates) and not any(_same(candidates[rank], c) for c in merged):
-                merged.append(candidates[rank])
-    return merged
+    interleaved = [c[rank] for rank in range(cfg.top_k) for c in proposals if rank < len(c)]
+    kept = geometry.distinct_poses([c.affine for c in interleaved], fixed_colour.shape[-2:], MERGE_DISTINCT)
+    return [interleaved[i] for i in kept]
 
 
-def _same(a: Candidate, b: Candidate) -> bool:
-    return (
-        a.mirror == b.mirror
-        and abs((a.angle_deg - b.angle_deg + 180) % 360 - 180) < 3.0
-        and abs(math.log(a.scale / b.scale)) < 0.05
-    )
+def _basin_fraction(angle_step_deg: float) -> float:
+    """The corner distance (fraction of the side, :func:`fide.geometry.same_pose`) within which poses of the coarse
+    grid are one peak: a square image's corner under a rotation of :data:`BASIN_STEPS` angle steps."""
+    return math.sqrt(2) * math.sin(math.radians(BASIN_STEPS * angle_step_deg) / 2)
 
 
 def refine_similarity(level: _Level, candidate: Candidate) -> Candidate:
@@ -364,7 +345,7 @@ def refine_similarity(level: _Level, candidate: Candidate) -> Candidate:
     Angle and scale barely interact at this resolution, so they are swept one after the other: ``A + S`` scored
     affines instead of ``A x S``.
     """
-    base = geometry.rescale_affine(candidate.affine[None], level.fixed_factors, level.moving_factors)[0]
+    base = level.down(candidate.affine)
     centre = torch.tensor([(n - 1) / 2 for n in level.fixed.shape[-2:]])  # perturb about the fixed image centre
     max_shift = max(2, round(REFINE_MAX_SHIFT * max(level.fixed.shape[-2:])))
 

@@ -18,12 +18,9 @@ __all__ = ["WorkingPair", "make_working_pair"]
 
 
 @dataclass
-class WorkingPair:
-    """Both images' inputs of the optimisation at one resolution (every tensor (1, C, h, w)).
-
-    ``moving_factors`` maps full-resolution moving pixels to this grid's moving pixels, ``fixed_factors`` the same
-    for the fixed image.
-    """
+class WorkingPair(geometry.PairLevel):
+    """Both images' inputs of the optimisation at one resolution (every tensor (1, C, h, w)); its factors to and from
+    full resolution inherited."""
 
     fixed_intensity: torch.Tensor
     moving_intensity: torch.Tensor
@@ -32,8 +29,6 @@ class WorkingPair:
     fixed_labels: torch.Tensor  # float label values
     moving_labels: torch.Tensor
     fidelity: torch.Tensor  # (1, 1, h, w) float weights
-    fixed_factors: tuple[float, float]
-    moving_factors: tuple[float, float]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -57,20 +52,18 @@ def make_working_pair(
         fixed_labels, moving_labels: (1, 1, H, W) int label maps at full resolution.
         features: maps (fixed intensity, moving intensity), each (1, 1, h, w) in [0, 1], to (1, D, h, w) features.
     """
-    factor = min(1.0, size_px / max(fixed.shape))
-    fixed_shape = tuple(max(8, round(n * factor)) for n in fixed.shape)
-    moving_shape = tuple(max(8, round(n * factor)) for n in moving.shape)
+    fixed_shape, moving_shape = geometry.level_shapes(fixed.shape, moving.shape, size_px)
     fixed_intensity = geometry.downsample(fixed.intensity, fixed_shape)
     moving_intensity = geometry.downsample(moving.intensity, moving_shape)
     fixed_features, moving_features = features(fixed_intensity, moving_intensity)
-    return WorkingPair(
-        fixed_intensity,
-        moving_intensity,
-        fixed_features,
-        moving_features,
-        geometry.resize_image(fixed_labels.float(), fixed_shape, mode="nearest"),
-        geometry.resize_image(moving_labels.float(), moving_shape, mode="nearest"),
-        geometry.downsample(fixed.fidelity.float(), fixed_shape),
-        geometry.scale_factors(fixed.shape, fixed_shape),
-        geometry.scale_factors(moving.shape, moving_shape),
+    return WorkingPair.between(
+        (fixed.shape, moving.shape),
+        (fixed_shape, moving_shape),
+        fixed_intensity=fixed_intensity,
+        moving_intensity=moving_intensity,
+        fixed_features=fixed_features,
+        moving_features=moving_features,
+        fixed_labels=geometry.resize_image(fixed_labels.float(), fixed_shape, mode="nearest"),
+        moving_labels=geometry.resize_image(moving_labels.float(), moving_shape, mode="nearest"),
+        fidelity=geometry.downsample(fixed.fidelity.float(), fixed_shape),
     )
