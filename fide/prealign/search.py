@@ -272,12 +272,13 @@ def _coarse_candidates(
     max_shift = max(2, round(MAX_SHIFT * max(level.fixed.shape[-2:])))
     scores, shifts = _score_candidates(level, affines, max_shift, MIN_OVERLAP, BATCH)
     order = [i for i in torch.argsort(scores, descending=True).tolist() if math.isfinite(float(scores[i]))]
-    full = _to_full_resolution(level, affines[order], shifts[order])
-    unshifted = _to_full_resolution(level, affines[order], torch.zeros_like(shifts[order]))  # rotation and scale
+    unshifted = level.up(affines[order])  # rotation and scale: the peaks are told apart without their shifts
     peaks = geometry.distinct_poses(unshifted, fixed_shape, _basin_fraction(cfg.angle_step_deg), limit=cfg.top_k)
+    kept = [order[n] for n in peaks]
+    full = _to_full_resolution(level, affines[kept], shifts[kept])
     coarse = [
-        Candidate(full[n], float(grid[i, 0]), float(grid[i, 1]), bool(grid[i, 2] > 0.5), float(scores[i]))
-        for n, i in ((n, order[n]) for n in peaks)
+        Candidate(affine, float(grid[i, 0]), float(grid[i, 1]), bool(grid[i, 2] > 0.5), float(scores[i]))
+        for affine, i in zip(full, kept)
     ]
     return [refine_similarity(fine, c) for c in coarse]
 
