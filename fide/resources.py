@@ -181,7 +181,7 @@ def release_free_heap() -> None:
     glibc keeps freed blocks resident for reuse, and how much depends on where the last pair's blocks happened to
     lie: a process registering the same 834 px pair again and again kept its ~172 MiB in use constant to 0.2 MiB
     but held 120-240 MiB of freed heap besides, a different amount after every pair, so its resident memory swung
-    by ~100 MiB and a run looked as if it grew (issue 27, benchmarks/soak.py). Trimming costs ~20 ms a pair.
+    by ~100 MiB and a run looked as if it grew (issue 27, benchmarks/soak.py). Trimming took 9-32 ms a pair.
     """
     libc = glibc()
     if libc is not None:
