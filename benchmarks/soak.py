@@ -12,14 +12,15 @@ every pair is a separate registration with its own field. Then registers all of 
 * ``jobs2``: ``--jobs 2`` (2 worker processes, ``--threads`` split between them);
 * ``local2``: ``--dask local:2`` (a local Dask cluster of 2 worker processes, the same split).
 
-After every pair it reads the resident set size (``VmRSS`` of /proc/PID/status: current, not peak) of each process
-that registers: this one for ``serial``, the spawned worker processes otherwise. Prints a Markdown table: wall
-time, pairs per minute, per process the peak of those readings over the early window (pairs ``--early``-9 to
-``--early``, 11-20 by default) and over the last 10 pairs, the worst ratio of the two peaks over the processes
-(target <= 1.05), the worst ratio of the single readings after pair ``--early`` and after the last pair (the earlier
-measure, for comparison), and how many fields equal the earlier runs' bit for bit (one process uses all
-``--threads``, the workers 1 each at ``--threads 2``: float sums may split differently between those, not between the
-two executors).
+Each pair runs through :func:`fide.pair_task.process_pair` as ``fide register`` runs it, wrapped so that the process
+that registered it reads its own resident set size (``VmRSS`` of /proc/self/status: current, not peak) right after
+the pair and logs it with the case. A pair's memory depends on the pair, and a worker registers whichever pairs the
+scheduler gives it, so readings are compared per process over the *same* distinct pairs: for each distinct pair
+the process registered more than once after pair ``--early``, its first such reading (early) and its last (late).
+Prints a Markdown table: wall time, pairs per minute, per process the peak of the early readings and of the late
+readings over those matched pairs, the worst ratio of the two over the processes (target <= 1.05), and how many
+fields equal the earlier runs' bit for bit (one process uses all ``--threads``, the workers 1 each at ``--threads 2``:
+float sums may split differently between those, not between the two executors).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,39 +40,37 @@ sys.path.insert(0, str(REPO))  # this checkout's fide, not an installed one
 logger = logging.getLogger("soak")
 
 EXECUTORS = {"serial": "one process", "jobs2": "--jobs 2", "local2": "--dask local:2"}
-WINDOW = 10  # pairs in each window of RSS readings (the early one ends at --early, the late one at the last pair)
 
 
-def _rss_mib(pid: int | str = "self") -> float | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None  # the process ended
-    for line in text.splitlines():
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    return None
+    return float("nan")
 
 
-def _workers() -> list[int]:
-    """This process's descendants started by multiprocessing's spawn (the --jobs and Dask worker processes)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+@dataclass(frozen=True)
+class _Measured:
+    """``worker(pair, encoders)`` for register_pairs: the pair as ``fide register`` registers it, then one line
+    ``pid case RSS`` appended to ``log`` by the process that registered it (a single write: whole lines)."""
+
+    output: Path
+    cfg: object
+    log: Path
+
+    def __call__(self, pair, encoders=None):
+        from fide.pair_task import PairTask, process_pair
+
+        outcome, result = process_pair(PairTask(pair, self.output / pair.disp_name, self.cfg, encoders=encoders))
+        case = int(pair.fixed.name.split("_")[1])  # SOAK_<case>_0000.nii.gz
+        handle = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after the command name: state, ppid
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    stack, found = [os.getpid()], []
-    while stack:
-        for pid in children.get(stack.pop(), []):
-            stack.append(pid)
-            try:
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(pid)
-            except OSError:
-                continue
-    return sorted(found)
+            os.write(handle, f"{os.getpid()} {case} {_rss_mib():.1f}\n".encode())
+        finally:
+            os.close(handle)
+        if result is None:
+            raise ValueError(outcome.message)  # the pair's own reason, as the outer row's message
+        return result
 
 
 def _long_task(cache: Path, folder: Path, pairs: int, distinct: int, size: int) -> Path:
@@ -98,7 +98,7 @@ def _long_task(cache: Path, folder: Path, pairs: int, distinct: int, size: int) 
 
 
 def _soak(name: str, pairs, out: Path, cfg, encoders, threads: int) -> dict:
-    """Register ``pairs`` with executor ``name``; wall seconds, statuses, RSS per process after every pair."""
+    """Register ``pairs`` with executor ``name``; wall seconds, the table, (pid, case, RSS) after every pair."""
     from fide.executors import make_executor
     from fide.runner import register_pairs
 
@@ -107,45 +107,40 @@ def _soak(name: str, pairs, out: Path, cfg, encoders, threads: int) -> dict:
         "jobs2": lambda: make_executor(2, threads),
         "local2": lambda: make_executor(1, threads, dask="local:2"),
     }[name]()
-    rss: list[dict[int, float]] = []
-
-    def record(pair, result) -> None:
-        pids = [os.getpid()] if name == "serial" else _workers()
-        rss.append({pid: value for pid in pids if (value := _rss_mib(pid)) is not None})
-
+    log = out.parent / f"{name}.rss"
+    worker = _Measured(out, cfg, log)
     start = time.perf_counter()
-    table = register_pairs(pairs, out, cfg, encoders=encoders, on_result=record, executor=executor)
-    return {"seconds": time.perf_counter() - start, "table": table, "rss": rss}
+    table = register_pairs(pairs, out, cfg, encoders=encoders, worker=worker, executor=executor)
+    seconds = time.perf_counter() - start
+    readings = [(int(pid), int(case), float(rss)) for pid, case, rss in map(str.split, log.read_text().splitlines())]
+    return {"seconds": seconds, "table": table, "rss": readings}
 
 
-def _windows(pairs: int, early: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The early and the late window of pairs (1-based, inclusive)."""
-    return (max(1, early - WINDOW + 1), early), (max(1, pairs - WINDOW + 1), pairs)
-
-
-def _peaks(rss: list[dict[int, float]], window: tuple[int, int]) -> dict[int, float]:
-    """Per process, the largest RSS read after the pairs of ``window``."""
-    peaks: dict[int, float] = {}
-    for row in rss[window[0] - 1 : window[1]]:
-        for pid, value in row.items():
-            peaks[pid] = max(value, peaks.get(pid, 0.0))
+def _matched(readings: list[tuple[int, int, float]], early: int, distinct: int) -> dict[int, tuple[float, float, int]]:
+    """Per process: the peak of its first readings after each distinct pair past case ``early``, the peak of its
+    last readings after the same distinct pairs, and how many distinct pairs those are (each needs two readings)."""
+    seen: dict[int, dict[int, list[float]]] = {}
+    for pid, case, rss in readings:  # in the order each process wrote them
+        if case > early:
+            seen.setdefault(pid, {}).setdefault(case % distinct, []).append(rss)
+    peaks = {}
+    for pid, by_pair in seen.items():
+        both = [values for values in by_pair.values() if len(values) >= 2]
+        if both:
+            peaks[pid] = (max(v[0] for v in both), max(v[-1] for v in both), len(both))
     return peaks
 
 
-def _worst_ratio(late: dict[int, float], early: dict[int, float]) -> float:
-    both = set(early) & set(late)  # a process that died in between has no ratio
-    return max((late[pid] / early[pid] for pid in both), default=float("nan"))
-
-
-def _rss_cells(rss: list[dict[int, float]], early: int) -> tuple[str, str, str, str]:
-    """Peak RSS per process over the early and the late window, the worst ratio of the two peaks over the processes,
-    and the worst ratio of the single readings after pair ``early`` and after the last pair."""
-    # peaks over windows, not two single readings: one reading swings with the transient allocations of the pair
-    # just registered, so a ratio of two is noise of that size, not growth
-    first, last = (_peaks(rss, window) for window in _windows(len(rss), early))
-    show = lambda row: " / ".join(f"{row[pid]:.0f}" for pid in sorted(row))  # noqa: E731
-    single = _worst_ratio(rss[-1], rss[early - 1])
-    return show(first), show(last), f"{_worst_ratio(last, first):.3f}", f"{single:.3f}"
+def _rss_cells(readings: list[tuple[int, int, float]], early: int, distinct: int) -> tuple[str, str, str]:
+    """Early and late peaks per process (with the matched distinct pairs) and the worst late / early ratio."""
+    # the same distinct pairs early and late: a worker's pairs are whichever the scheduler gave it, and a window of
+    # its last pairs may hold the pairs that need the most memory while its early window held none of them
+    peaks = _matched(readings, early, distinct)
+    pids = sorted(peaks)
+    first = " / ".join(f"{peaks[pid][0]:.0f} ({peaks[pid][2]})" for pid in pids)
+    last = " / ".join(f"{peaks[pid][1]:.0f}" for pid in pids)
+    worst = max((peaks[pid][1] / peaks[pid][0] for pid in pids), default=float("nan"))
+    return first or "-", last or "-", f"{worst:.3f}"
 
 
 def _same(first, second) -> bool:
@@ -155,7 +150,7 @@ def _same(first, second) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=200)
-    parser.add_argument("--early", type=int, default=20, help=f"the last pair of the early window ({WINDOW} pairs)")
+    parser.add_argument("--early", type=int, default=20, help="readings count from the pair after this one")
     parser.add_argument("--distinct", type=int, default=10, help="distinct synthetic pairs behind the links")
     parser.add_argument("--size", type=int, default=834, help="side of the synthetic images, px (the challenge's)")
     parser.add_argument("--threads", type=int, help="threads in all (default: the cores this process may use)")
@@ -187,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             logger.warning("%s: %d pairs", EXECUTORS[name], len(pairs))
             runs[name] = _soak(name, pairs, Path(tmp) / name, cfg, encoders, threads)
-            if len(runs[name]["rss"]) < args.early:
+            if not _matched(runs[name]["rss"], args.early, args.distinct):
                 statuses = runs[name]["table"]["status"].value_counts().to_dict()
-                raise SystemExit(f"{name}: only {len(runs[name]['rss'])} pairs registered; statuses {statuses}")
+                raise SystemExit(f"{name}: no distinct pair registered twice after pair {args.early}; {statuses}")
         # fields bit-identical to an earlier run's: one process, and --jobs 2 (the same 1 thread per worker)
         root, same = Path(tmp), {}
         for name in names:
@@ -201,21 +196,20 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{args.pairs} pairs of {args.size} px, {threads} threads in all, CPU, {features} features, config "
         f"{args.config.name if args.config else 'default'}, {time.strftime('%Y-%m-%d')}\n"
     )
-    early = args.early
-    (a, b), (c, d) = _windows(args.pairs, early)
     print(
-        f"| executor | wall s | pairs / min | peak RSS MiB, pairs {a}-{b} (per process) | peak, pairs {c}-{d} "
-        f"| worst peak ratio | single-reading ratio (after pair {early}, {args.pairs}) | statuses | identical fields |"
+        f"| executor | wall s | pairs / min | peak RSS MiB after each distinct pair, first time after pair "
+        f"{args.early} (per process; matched pairs) | the same pairs, last time | worst ratio | statuses "
+        "| identical fields |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, run in runs.items():
-        first, last, ratio, single = _rss_cells(run["rss"], early)
+        first, last, ratio = _rss_cells(run["rss"], args.early, args.distinct)
         statuses = ", ".join(f"{n} {s}" for s, n in run["table"]["status"].value_counts().items())
         equal = "; ".join(same.get(name, ["reference"]))
         rate = 60 * len(pairs) / run["seconds"]
         print(
-            f"| {EXECUTORS[name]} | {run['seconds']:.0f} | {rate:.2f} | {first} | {last} | {ratio} | {single} "
-            f"| {statuses} | {equal} |"
+            f"| {EXECUTORS[name]} | {run['seconds']:.0f} | {rate:.2f} | {first} | {last} | {ratio} | {statuses} "
+            f"| {equal} |"
         )
     return 0
 

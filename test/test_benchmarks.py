@@ -174,20 +174,19 @@ def test_soak_task_gives_every_listed_pair_its_own_case(tmp_path):
     assert len(unique_pairs(pairs)) == 5 and len({p.disp_name for p in pairs}) == 5
 
 
-def test_soak_compares_peaks_over_windows_not_single_readings():
-    """benchmarks/soak.py: a flat process whose reading after pair ``early`` happens to be low shows no growth in the
-    peak ratio (pairs 11-20 against the last 10), only in the single-reading ratio kept beside it."""
+def test_soak_compares_each_process_over_the_same_distinct_pairs():
+    """benchmarks/soak.py: a flat worker whose large distinct pair came only late shows no growth (windows of its first
+    and last 3 pairs would: 800 -> 900); a worker that grows does; readings up to case ``early`` do not count."""
     import soak
 
-    flat = [800.0 + (40.0 if k % 3 == 0 else 0.0) for k in range(1, 31)]  # a transient every third pair
-    flat[19] = 790.0  # the reading after pair 20
-    rising = [700.0 + k for k in range(1, 31)]
-    rss = [{1: a, 2: b} for a, b in zip(flat, rising)]
-    assert soak._windows(30, 20) == ((11, 20), (21, 30)) and soak._windows(6, 3) == ((1, 3), (1, 6))
-    early, late, peak_ratio, single_ratio = soak._rss_cells(rss, 20)
-    assert (early, late) == ("840 / 720", "840 / 730")
-    assert peak_ratio == f"{730 / 720:.3f}"  # the rising process; the flat one's peaks are equal
-    assert single_ratio == f"{840 / 790:.3f}"  # the flat one: 790 after pair 20, 840 after pair 30
+    size = {0: 800.0, 1: 900.0}  # distinct pair 1 needs more memory than pair 0, every time
+    flat = [(1, case, size[case % 2]) for case in (4, 6, 8, 5, 10, 7, 9, 11, 13)]  # its first 3: pair 0, last 3: pair 1
+    growing = [(2, case, 700.0 + case) for case in (1, 2, 12, 14, 16, 15)]  # 1, 2: not after pair 2
+    rss = flat + growing
+    assert soak._matched(rss, early=2, distinct=2) == {1: (900.0, 900.0, 2), 2: (712.0, 716.0, 1)}
+    early, late, worst = soak._rss_cells(rss, early=2, distinct=2)
+    assert (early, late, worst) == ("900 (2) / 712 (1)", "900 / 716", f"{716 / 712:.3f}")
+    assert soak._matched([(1, 3, 800.0), (1, 4, 900.0)], early=2, distinct=2) == {}  # nothing registered twice
 
 
 def test_concurrency_children_get_fides_own_thread_defaults(monkeypatch):

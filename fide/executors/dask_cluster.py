@@ -16,10 +16,8 @@ Imported only when ``--dask`` is given (needs ``pip install 'fide[dask]'``).
 from __future__ import annotations
 
 import copy
-import ctypes
 import logging
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
@@ -32,7 +30,7 @@ from distributed.comm import get_address_host
 from fide.features import ModalityEncoders
 from fide.pair_task import PairTask, one_line, process_pair
 from fide.reproducibility import seed_everything
-from fide.resources import available_cpus, configure_threads, thread_environment
+from fide.resources import available_cpus, configure_threads, glibc, thread_environment
 
 from .base import LOST_TWICE, ClusterError, Completed, WorkerLost, child_environment, split_encoders, with_encoders
 
@@ -88,11 +86,8 @@ def _heap_for_tensors() -> None:
     unmapped afresh, page faults and all: fide's pairs took 2.3x as long (benchmarks/soak.py, 834 px). The
     thresholds set here are those glibc's dynamic rule would reach itself.
     """
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl, ...): the variable means nothing there
+    libc = glibc()  # None where the variable means nothing (not glibc)
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or libc is None:
         return
     libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
     libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
