@@ -140,10 +140,12 @@ def prepare_inputs(
         for image in (fixed, moving)
     )
     # learned maps are the most distinctive correlation criterion where present (synthetic validation: the true
-    # pose ranks first far more often than with eosin vs log-SHG); the handcrafted one stays as a safety net
-    search_maps = [(fixed.intensity, moving.intensity)]
+    # pose ranks first far more often than with eosin vs log-SHG), and then the only one: log-SHG vs eosin beside
+    # them changed one of 160 development pairs (1.44 -> 1.07 px without it) for a quarter of the search's time
     if features is None and encoders is not None:
-        search_maps.insert(0, feature_fn(fixed.intensity, moving.intensity))
+        search_maps = [feature_fn(fixed.intensity, moving.intensity)]
+    else:
+        search_maps = [(fixed.intensity, moving.intensity)]
     inputs = PairInputs(fixed, moving, fixed_labels, moving_labels, feature_fn, opt.num_labels, cfg.fibres)
     return inputs, search_maps
 

@@ -294,7 +294,7 @@ def search_similarity(
     """Stage-2 entry: exhaustive rotation/scale/mirror search with all translations scored at once.
 
     Several criteria propose candidates: the correlation of each given pair of comparable channels (learned
-    representations, log-SHG density vs eosin), which works where SHG is too sparse for labels, and MI of k-means
+    representations, or log-SHG density vs eosin), which works where SHG is too sparse for labels, and MI of k-means
     labels, which needs no intensity relation at all and recognises the coarse layout (outline, stroma vs cellular
     regions) where the fine texture does not match: it always runs. Their candidates are interleaved, best first, in
     the order given (the correlation criteria first, the label MI last), near-duplicates dropped.
