@@ -20,7 +20,7 @@ from fide.features import ModalityEncoders
 from fide.io import DatasetError, Pair, read_image, write_disp
 from fide.pipeline import FeatureFn, RegistrationResult, register_pair
 from fide.preprocess.signal import check_pair_signal
-from fide.resources import available_memory_bytes, estimate_pair_memory_bytes
+from fide.resources import available_memory_bytes, estimate_pair_memory_bytes, release_free_heap
 from fide.results import PairOutcome
 
 __all__ = [
@@ -153,9 +153,20 @@ class PairTask:
 def process_pair(task: PairTask) -> tuple[PairOutcome, RegistrationResult | None]:
     """Read, check, register and write one pair; never raises for the pair's own problems.
 
+    Every executor runs its pairs through here, so each process gives the pair's freed heap back to the operating
+    system afterwards (:func:`fide.resources.release_free_heap`) in the same place: one process, ``--jobs`` workers
+    and Dask workers alike.
+
     Returns:
         The pair's results row and its result (None when it failed, or when ``task.want_result`` is off).
     """
+    try:
+        return _process_pair(task)
+    finally:  # after the pair's frame is gone: only the returned result is still held
+        release_free_heap()
+
+
+def _process_pair(task: PairTask) -> tuple[PairOutcome, RegistrationResult | None]:
     pair, cfg, start = task.pair, task.cfg, time.perf_counter()
     try:
         if task.worker is not None:

@@ -141,6 +141,25 @@ def test_serial_and_process_executors_run_the_same_worker_tasks(task, tmp_path):
         assert table["status"].tolist() == ["ok"] * 4 and sorted(_calls(tmp_path / name)) == sorted(table["pair"])
 
 
+def test_every_pair_gives_its_freed_heap_back_after_it_ran_failed_ones_too(task, tmp_path, monkeypatch):
+    """Each executor's pairs run through process_pair, which releases the freed heap once after each (issue 27)."""
+    from fide import pair_task
+
+    events = []
+    monkeypatch.setattr(pair_task, "release_free_heap", lambda: events.append("release"))
+
+    def worker(pair, encoders=None):
+        events.append(pair.name)
+        if pair.name == pairs[1].name:
+            raise ValueError("a bad pair")
+        return RegistrationResult(torch.zeros(1, 2, 64, 64), torch.eye(3), 0.5)
+
+    pairs = _pairs(task)
+    table = register_pairs(pairs, tmp_path, FideConfig(), worker=worker, executor=SerialExecutor(1))
+    assert table["status"].tolist() == ["ok", "failed", "ok", "ok"]
+    assert events == [e for p in pairs for e in (p.name, "release")]
+
+
 # ---- Dask on a local cluster ----
 
 

@@ -83,3 +83,35 @@ def test_memory_estimate_follows_the_measured_table():
     assert abs(resources.estimate_pair_memory_bytes((2048, 2048), (2048, 2048)) / mib - 1437) < 150
     assert abs(resources.estimate_pair_memory_bytes((4096, 4096), (4096, 4096)) / mib - 3794) < 300
     assert resources.available_memory_bytes() is None or resources.available_memory_bytes() > 0
+
+
+def _rss_mib() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(resources.glibc() is None, reason="glibc's malloc_trim only")
+def test_freed_heap_goes_back_to_the_system_after_a_pair():
+    """What a pair leaves behind: many freed blocks below a block still in use, which glibc keeps resident (free()
+    trims only the heap's top). :func:`release_free_heap` returns them."""
+    import ctypes
+
+    libc = resources.glibc()
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    block = 64 * 1024  # below any mmap threshold: heap blocks, as a pair's small tensors are
+    blocks = [libc.malloc(block) for _ in range(1600)]  # 100 MiB
+    for address in blocks:
+        ctypes.memset(address, 1, block)  # resident
+    kept = libc.malloc(block)  # still in use above them: the heap cannot shrink from its top
+    before = _rss_mib()
+    for address in blocks:
+        libc.free(address)
+    freed = _rss_mib()
+    resources.release_free_heap()
+    after = _rss_mib()
+    libc.free(kept)
+    assert freed > before - 20  # free() alone keeps nearly all of it
+    assert after < freed - 60  # the release gives most of the 100 MiB back
