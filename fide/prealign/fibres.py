@@ -92,7 +92,10 @@ def _best_poses(
     shape = level.fixed_band.shape[-2:]
     order = torch.argsort(score, dim=1, descending=True)  # (V, P)
     ranked = [
-        [int(order[vote, i]) for i in geometry.distinct_poses(affines[vote, order[vote]], shape, GRID_DISTINCT)]
+        [
+            int(order[vote, i])
+            for i in geometry.distinct_poses(affines[vote, order[vote]], shape, GRID_DISTINCT, limit=count)
+        ]
         for vote in range(len(score))
     ]
     interleaved = [(vote, own[rank]) for rank in range(count) for vote, own in enumerate(ranked) if rank < len(own)]
