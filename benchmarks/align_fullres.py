@@ -10,10 +10,6 @@ no detail finer than size / 4096 fixed pixels (the fixed error divided by that; 
     fide example-pair PAIR4096 --size 4096 && fide example-pair PAIR16384 --size 16384
     OMP_NUM_THREADS=1 python benchmarks/align_fullres.py PAIR4096 [PAIR16384 ...] --out OUT
 
-``--enlarged 20000`` first writes ``benchmarks/align_memory.py``'s pair (synthetic pair 0 at 512 px enlarged by
-nearest neighbour, tiled BigTIFF, both images 0.5 µm: the issue's 20 000² RGB memory benchmark, not an example
-pair) into each PAIR folder that has none, with its landmarks enlarged alike (render pixels: size / 512).
-
 Variants: ``working`` (``--no-refine``, the working-size affine), ``refined`` (the default: refined affine),
 ``local`` (``--local``: refined affine and smooth local correction).
 """
@@ -35,12 +31,12 @@ import SimpleITK as sitk
 VARIANTS = {"working": ["--no-refine"], "refined": [], "local": ["--local"]}
 
 
-def render_px(size: int, enlarged: bool = False) -> float:
-    """Fixed pixels per pixel of the picture the pair was rendered as: ``fide example-pair``'s (1 up to its
-    threshold, 4096), or the 512 px picture of ``--enlarged``."""
+def render_px(size: int) -> float:
+    """Fixed pixels per pixel of the picture ``fide example-pair`` rendered the pair as (1 up to its threshold,
+    4096)."""
     from fide.cli.example_pair import ENLARGE_ABOVE_PX
 
-    return max(1.0, size / (512 if enlarged else ENLARGE_ABOVE_PX))
+    return max(1.0, size / ENLARGE_ABOVE_PX)
 
 
 def _frame(path: Path) -> sitk.Image:
@@ -69,22 +65,6 @@ def fixed_pixel_errors(out: Path, pair: Path) -> np.ndarray:
     return np.asarray(errors)
 
 
-def write_enlarged_pair(folder: Path, size: int) -> None:
-    """``align_memory.write_pair``'s pair in the layout of ``fide example-pair`` (names, ``landmarks.csv``)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from align_memory import write_pair
-
-    from fide.synth import make_pair
-
-    _, moving = write_pair(folder, size)
-    moving.rename(folder / "bright field.ome.tif")
-    pair = make_pair("val", 0, 512, 0)
-    scale = 511 / (size - 1)  # enlarged pixel P shows pixel rint(P * scale) of the 512 px picture
-    points = np.hstack([pair["fixed_points"], pair["moving_points"]]) / scale
-    table = pd.DataFrame(points, columns=["fixed_x", "fixed_y", "moving_x", "moving_y"])
-    table.to_csv(folder / "landmarks.csv", index=False, float_format="%.3f")
-
-
 def run_align(pair: Path, out: Path, options: list[str]) -> tuple[float, float]:
     """``fide align`` in a child process: (wall seconds, peak RSS GB)."""
     command = [sys.executable, "-c", "from fide.cli.main import main; main()", "align"]
@@ -103,11 +83,7 @@ def main() -> None:
     parser.add_argument("pairs", type=Path, nargs="+", help="fide example-pair folders")
     parser.add_argument("--out", type=Path, required=True, help="folder for the fide align outputs")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--enlarged", type=int, metavar="SIZE", help="write the enlarged pair where a PAIR has none")
     args = parser.parse_args()
-    for pair in args.pairs:
-        if args.enlarged and not (pair / "shg.ome.tif").is_file():
-            write_enlarged_pair(pair, args.enlarged)
     print(
         "| size px | variant | mean err fixed px | max err fixed px | mean / max err render px | seconds | peak RSS GB "
         "| refinement |"
@@ -122,7 +98,7 @@ def main() -> None:
             size = max(description["pixel"]["fixed_size_xy"])
             refinement = description.get("refinement") or {}
             note = refinement.get("reason", "off")
-            render = errors / render_px(size, bool(args.enlarged))
+            render = errors / render_px(size)
             print(
                 f"| {size} | {variant} | {errors.mean():.2f} | {errors.max():.2f} | {render.mean():.2f} / "
                 f"{render.max():.2f} | {seconds:.0f} | {peak:.2f} | {note} |",
