@@ -4,11 +4,12 @@ For each ``fide example-pair`` folder, ``fide align`` runs once per variant in i
 peak RSS of that process); the landmarks are mapped through the written ``transform.tfm`` with SimpleITK alone
 (:func:`align_tre.pair_tre`'s route) and the error is given in full-resolution **fixed** pixels (the moving error
 vector taken back through the inverse of the affine's linear part, ``transform.json``) and in **render** pixels:
-``fide example-pair`` renders pairs above ``ENLARGE_ABOVE_PX`` (4096) at that size and enlarges them, so they hold
-no detail finer than size / 4096 fixed pixels (the fixed error divided by that; equal below 4096). Run::
+``fide example-pair`` renders pairs above ``--render`` (default ``ENLARGE_ABOVE_PX``, 4096) at that size and
+enlarges them, so they hold no detail finer than size / render fixed pixels (the fixed error divided by that; equal
+up to the render side). Run (pairs made with another ``--render`` need the same ``--render`` here)::
 
     fide example-pair PAIR4096 --size 4096 && fide example-pair PAIR16384 --size 16384
-    OMP_NUM_THREADS=1 python benchmarks/align_fullres.py PAIR4096 [PAIR16384 ...] --out OUT
+    OMP_NUM_THREADS=1 python benchmarks/align_fullres.py PAIR4096 [PAIR16384 ...] --out OUT [--render 4096]
 
 Variants: ``working`` (``--no-refine``, the working-size affine), ``refined`` (the default: refined affine),
 ``local`` (``--local``: refined affine and smooth local correction).
@@ -28,15 +29,15 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from fide.cli.example_pair import ENLARGE_ABOVE_PX
+
 VARIANTS = {"working": ["--no-refine"], "refined": [], "local": ["--local"]}
 
 
-def render_px(size: int) -> float:
-    """Fixed pixels per pixel of the picture ``fide example-pair`` rendered the pair as (1 up to its threshold,
-    4096)."""
-    from fide.cli.example_pair import ENLARGE_ABOVE_PX
-
-    return max(1.0, size / ENLARGE_ABOVE_PX)
+def render_px(size: int, render: int) -> float:
+    """Fixed pixels per pixel of the picture ``fide example-pair --render RENDER`` rendered the pair as (1 up to
+    ``render``)."""
+    return max(1.0, size / render)
 
 
 def _frame(path: Path) -> sitk.Image:
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("pairs", type=Path, nargs="+", help="fide example-pair folders")
     parser.add_argument("--out", type=Path, required=True, help="folder for the fide align outputs")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--render", type=int, default=ENLARGE_ABOVE_PX, help="the pairs' fide example-pair --render")
     args = parser.parse_args()
     print(
         "| size px | variant | mean err fixed px | max err fixed px | mean / max err render px | seconds | peak RSS GB "
@@ -98,7 +100,7 @@ def main() -> None:
             size = max(description["pixel"]["fixed_size_xy"])
             refinement = description.get("refinement") or {}
             note = refinement.get("reason", "off")
-            render = errors / render_px(size)
+            render = errors / render_px(size, args.render)
             print(
                 f"| {size} | {variant} | {errors.mean():.2f} | {errors.max():.2f} | {render.mean():.2f} / "
                 f"{render.max():.2f} | {seconds:.0f} | {peak:.2f} | {note} |",

@@ -1,9 +1,9 @@
 """Peak memory and time of ``fide align`` on a large synthetic pair (the issue's 20 000 x 20 000 RGB benchmark).
 
-Writes a synthetic SHG / bright-field pair (``fide.synth.make_pair`` at 512 px, enlarged tile by tile to S x S,
-BigTIFF, zlib tiles, OME pixel size) without holding either image in memory, then runs ``fide align`` in a fresh
-process per size and reads that process's peak resident set size from ``os.wait4`` (includes torch's native
-allocations). Prints a table::
+Writes a synthetic SHG / bright-field pair (``fide.synth.make_pair`` at 512 px, enlarged band by band to S x S by
+``fide.synth.enlarged.write_enlarged``: BigTIFF, zlib tiles, a pyramid, OME pixel size) without holding either image
+in memory, then runs ``fide align`` in a fresh process per size and reads that process's peak resident set size
+from ``os.wait4`` (includes torch's native allocations). Prints a table::
 
     python benchmarks/align_memory.py --sizes 4000 20000 [--workdir /tmp/fide-align-bench] [--inverse]
 """
@@ -18,45 +18,25 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from fide.synth import make_pair
+from fide.synth.enlarged import write_enlarged
 
-_TILE = 512
 _PIXEL_UM = 0.5
-
-
-def _enlarged_tiles(picture: np.ndarray, size: int):
-    """Tiles (512, 512[, C]) of ``picture`` (rows, columns[, C]) enlarged to size x size (nearest neighbour)."""
-    scale = (picture.shape[0] - 1) / (size - 1)
-    for r0 in range(0, size, _TILE):
-        for c0 in range(0, size, _TILE):
-            rows = np.rint(np.arange(r0, r0 + _TILE).clip(max=size - 1) * scale).astype(int)
-            cols = np.rint(np.arange(c0, c0 + _TILE).clip(max=size - 1) * scale).astype(int)
-            yield picture[rows][:, cols]
+_PICTURE_PX = 512  # rendered side; enlarged to S x S (fide.synth.enlarged: no detail finer than S / 512 px)
 
 
 def write_pair(folder: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
-    """``shg.ome.tif`` (grey) and ``bf.ome.tif`` (RGB), both size x size at 0.5 µm, streamed tile by tile."""
+    """``shg.ome.tif`` (grey) and ``bf.ome.tif`` (RGB), both size x size at 0.5 µm, tiled and pyramidal, written
+    band by band (:func:`fide.synth.enlarged.write_enlarged`, bilinear), so neither is ever held whole."""
     folder.mkdir(parents=True, exist_ok=True)
-    pair = make_pair("val", 0, 512, seed)
+    pair = make_pair("val", 0, _PICTURE_PX, seed)
     pictures = {"shg.ome.tif": pair["fixed"][0].T, "bf.ome.tif": np.transpose(pair["moving"], (2, 1, 0))}
     paths = []
     for name, picture in pictures.items():
         path = folder / name
         if not path.is_file():
-            shape = (size, size) + picture.shape[2:]
-            tifffile.imwrite(
-                path,
-                _enlarged_tiles(np.ascontiguousarray(picture), size),
-                shape=shape,
-                dtype=np.uint8,
-                tile=(_TILE, _TILE),
-                photometric="rgb" if picture.ndim == 3 else "minisblack",
-                compression="zlib",
-                bigtiff=True,
-                metadata={"PhysicalSizeX": _PIXEL_UM, "PhysicalSizeY": _PIXEL_UM},
-            )
+            write_enlarged(path, np.ascontiguousarray(picture), size / _PICTURE_PX, _PIXEL_UM)
         paths.append(path)
     return paths[0], paths[1]
 

@@ -1,7 +1,7 @@
 """Soak: do the workers' memory stay flat over a long run, and what does each executor register per minute?
 
     .venv/bin/python benchmarks/soak.py [--pairs 200 --size 834 --distinct 10 --early 20] [--threads 2]
-                                        [--config FILE] [--executors serial,jobs2,local2]
+                                        [--config FILE] [--executors serial,jobs2,local2] [--readings CSV]
 
 Builds a synthetic task of ``--distinct`` pairs (``fide synth``, seed 4; cached in ``--cache``) and a descriptor
 listing ``--pairs`` pairs: case k is a hard link to the images of distinct pair k mod D under its own case id, so
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="JSON file with (part of) the FideConfig tree")
     parser.add_argument("--executors", default=",".join(EXECUTORS), help=f"comma-separated, of {list(EXECUTORS)}")
     parser.add_argument("--cache", type=Path, default=REPO / "benchmarks" / ".cache")
+    parser.add_argument("--readings", type=Path, help="also write every reading here (CSV: executor, pid, case, MiB)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     names = args.executors.split(",")
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             if not _matched(runs[name]["rss"], args.early, args.distinct):
                 statuses = runs[name]["table"]["status"].value_counts().to_dict()
                 raise SystemExit(f"{name}: no distinct pair registered twice after pair {args.early}; {statuses}")
+            if args.readings:  # rewritten after each executor: a long soak keeps what it measured if stopped
+                rows = [f"{n},{pid},{case},{rss}" for n, run in runs.items() for pid, case, rss in run["rss"]]
+                args.readings.write_text("executor,pid,case,rss_mib\n" + "\n".join(rows) + "\n")
         # fields bit-identical to an earlier run's: one process, and --jobs 2 (the same 1 thread per worker)
         root, same = Path(tmp), {}
         for name in names:

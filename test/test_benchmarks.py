@@ -221,3 +221,19 @@ def test_dev_tasks_summary_counts_and_comparison():
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["p2", "p3", "b", "q1"]
     # the development seeds are never the benchmark's
     assert all(seed != 2025 for _, seed, _, _ in dev_tasks.DEV_TASKS.values())
+
+
+def test_align_memory_pair_is_an_enlarged_pyramid_at_half_a_micron(tmp_path, monkeypatch):
+    """benchmarks/align_memory.py writes its S x S pair through fide.synth.enlarged (bilinear, tiled pyramid):
+    S x S grey and RGB at 0.5 µm, levels halving down to <= 1024 px (a 64 px render keeps the test fast)."""
+    import align_memory
+    import tifffile
+
+    monkeypatch.setattr(align_memory, "_PICTURE_PX", 64)
+    fixed, moving = align_memory.write_pair(tmp_path, 2100)
+    for path, channels in ((fixed, ()), (moving, (3,))):
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            assert [level.shape[:2] for level in series.levels] == [(2100, 2100), (1050, 1050), (525, 525)]
+            assert series.levels[0].shape[2:] == channels
+            assert 'PhysicalSizeX="0.5"' in tif.ome_metadata

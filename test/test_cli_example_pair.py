@@ -8,7 +8,6 @@ import pytest
 import SimpleITK as sitk
 import tifffile
 
-import fide.cli.example_pair as example_pair
 from fide.cli.main import main
 from fide.synth import make_pair
 from fide.synth.enlarged import enlarged_points
@@ -48,11 +47,10 @@ def test_512_px_is_the_pair_of_before(tmp_path):
     assert _levels(tmp_path / "shg.ome.tif") == ([(512, 512)], None)
 
 
-def test_above_the_threshold_the_render_is_enlarged_into_pyramids(tmp_path, monkeypatch):
-    """Threshold lowered to 128 px, --size 2100: the 128 px pair enlarged x16.4 (tiled pyramids down to <= 1024 px,
-    0.5 / 1 µm), the landmarks moved alike: mapped back they are the 128 px pair's."""
-    monkeypatch.setattr(example_pair, "ENLARGE_ABOVE_PX", 128)
-    assert main(["example-pair", str(tmp_path), "--size", "2100"]) == 0
+def test_above_the_render_side_the_render_is_enlarged_into_pyramids(tmp_path):
+    """--render 128, --size 2100: the 128 px pair enlarged x16.4 (tiled pyramids down to <= 1024 px, 0.5 / 1 µm),
+    the landmarks moved alike: mapped back they are the 128 px pair's."""
+    assert main(["example-pair", str(tmp_path), "--size", "2100", "--render", "128"]) == 0
     shg, bright = tmp_path / "shg.ome.tif", tmp_path / "bright field.ome.tif"
     assert _levels(shg) == ([(2100, 2100), (1050, 1050), (525, 525)], (512, 512))
     assert _levels(bright) == ([(1050, 1050, 3), (525, 525, 3)], (512, 512))
@@ -64,3 +62,9 @@ def test_above_the_threshold_the_render_is_enlarged_into_pyramids(tmp_path, monk
     assert list(written.columns) == _COLUMNS
     expected = np.hstack([enlarged_points(points[:, :2], factor), enlarged_points(points[:, 2:], factor)])
     np.testing.assert_allclose(written.to_numpy(), expected, atol=5e-4)  # the CSV's 3 decimals
+
+
+def test_a_render_side_under_64_px_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="--render must be at least 64, got 32"):
+        main(["example-pair", str(tmp_path), "--size", "512", "--render", "32"])
+    assert not (tmp_path / "shg.ome.tif").exists()

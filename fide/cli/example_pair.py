@@ -50,19 +50,23 @@ def _render(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return fixed, moving, pair["fixed_points"], (pair["moving_points"] + 0.5) / 2 - 0.5
 
 
-def write_example_pair(out: str | Path, size: int = 512, seed: int = 0) -> dict[str, Path]:
+def write_example_pair(
+    out: str | Path, size: int = 512, seed: int = 0, render_px: int | None = None
+) -> dict[str, Path]:
     """Write ``shg.ome.tif`` (grey, ``size``², 0.5 µm), ``bright field.ome.tif`` (RGB, half the pixels, 1 µm),
     ``landmarks.csv`` (fixed_x, fixed_y, moving_x, moving_y in each image's pixels) and ``pairs.csv`` (one row,
     for ``fide align --pairs`` and ``benchmarks/align_tre.py``).
 
     The bright field is the synthetic moving image averaged over 2 x 2 blocks, so a moving point q becomes
-    ``(q + 0.5) / 2 - 0.5``. Above ``ENLARGE_ABOVE_PX`` both pictures are rendered at that SHG side and enlarged
-    by ``size / ENLARGE_ABOVE_PX`` (bilinear, tiled pyramidal BigTIFF OME-TIFFs, :func:`write_enlarged`), the
-    landmarks alike (``(p + 0.5) * factor - 0.5``); the bright field then has ``floor(size / 2)`` pixels a side.
+    ``(q + 0.5) / 2 - 0.5``. Above ``render_px`` (default ``ENLARGE_ABOVE_PX``) both pictures are rendered at that
+    SHG side and enlarged by ``size / render_px`` (bilinear, tiled pyramidal BigTIFF OME-TIFFs,
+    :func:`write_enlarged`), the landmarks alike (``(p + 0.5) * factor - 0.5``); the bright field then has
+    ``floor(size / 2)`` pixels a side. Such a pair holds no detail finer than ``size / render_px`` fixed pixels; a
+    larger render costs memory (see ``ENLARGE_ABOVE_PX``).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    render = min(size, ENLARGE_ABOVE_PX)
+    render = min(size, render_px or ENLARGE_ABOVE_PX)
     fixed, moving, fixed_pts, moving_pts = _render(render, seed)
     paths = {"fixed": out / "shg.ome.tif", "moving": out / "bright field.ome.tif"}
     if size <= render:
@@ -98,12 +102,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"SHG side in pixels (the bright field has half); above {ENLARGE_ABOVE_PX}: rendered at that, enlarged",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--render",
+        type=int,
+        default=ENLARGE_ABOVE_PX,
+        metavar="PX",
+        help=f"render at most this SHG side, enlarge above it (default {ENLARGE_ABOVE_PX}; 8192 needs ~12 GB)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.size < 64:
         raise SystemExit(f"fide example-pair: --size must be at least 64, got {args.size}")
-    paths = write_example_pair(args.output, args.size, args.seed)
+    if args.render < 64:
+        raise SystemExit(f"fide example-pair: --render must be at least 64, got {args.render}")
+    paths = write_example_pair(args.output, args.size, args.seed, args.render)
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
