@@ -10,6 +10,9 @@ One latent tissue (core outline, collagen fibres, nuclei, fat) is rendered twice
 
 All lengths are given at the challenge size 834 px and scaled by ``size / 834`` (fibres ~2 px wide at 834).
 Array order is (i, j) throughout; images are channel-first in memory.
+
+The collagen (stroma and fibres) is drawn in :mod:`fide.synth.collagen`, noise fields and point draws in
+:mod:`fide.synth.random_fields`; this module draws the core, nuclei and fat and renders the two images.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
 
 from fide.config import REFERENCE_SIDE_PX
+
+from .collagen import collagen, independent_shg_fibres
+from .random_fields import sample_points, smooth_noise
 
 __all__ = ["TissueInfo", "make_aligned_pair", "REFERENCE_SIZE"]
 
@@ -51,15 +55,6 @@ class TissueInfo:
     params: dict = field(default_factory=dict)
 
 
-def _smooth_noise(shape: tuple[int, int], scale_px: float, rng: np.random.Generator) -> np.ndarray:
-    """Zero-mean, unit-std random field with features about ``scale_px`` wide; made coarse then upsampled (fast)."""
-    coarse = tuple(max(int(np.ceil(n / scale_px)) + 3, 4) for n in shape)
-    field_ = ndimage.gaussian_filter(rng.standard_normal(coarse), 0.7, mode="wrap")
-    fine = F.interpolate(torch.from_numpy(field_)[None, None], size=tuple(shape), mode="bicubic", align_corners=True)
-    fine = fine[0, 0].numpy()
-    return ((fine - fine.mean()) / (fine.std() + 1e-8)).astype(np.float32)
-
-
 def _core_mask(size: int, f: float, rng: np.random.Generator, params: dict) -> np.ndarray:
     """Roughly round core with a wobbly rim; sometimes cut (partial), torn by cracks or with holes. (H, W) in [0, 1]."""
     grid = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -68,7 +63,7 @@ def _core_mask(size: int, f: float, rng: np.random.Generator, params: dict) -> n
     phi = np.arctan2(grid[1] - centre[1], grid[0] - centre[0])
     wobble = sum(rng.normal(0, 0.05 / k) * np.cos(k * phi + rng.uniform(0, 2 * np.pi)) for k in range(2, 7))
     rim = np.hypot(grid[0] - centre[0], grid[1] - centre[1]) / (radius * (1 + wobble))
-    rim = rim + 0.03 * _smooth_noise((size, size), 25 * f + 2, rng)  # ragged edge
+    rim = rim + 0.03 * smooth_noise((size, size), 25 * f + 2, rng)  # ragged edge
     mask = rim < 1
     if rng.random() < 0.15:  # partial core: a chord cut off
         angle = rng.uniform(0, 2 * np.pi)
@@ -83,176 +78,18 @@ def _core_mask(size: int, f: float, rng: np.random.Generator, params: dict) -> n
         signed = (grid[0] - centre[0]) * normal[0] + (grid[1] - centre[1]) * normal[1] - rng.uniform(-0.6, 0.6) * radius
         signed = (
             signed
-            + 10 * f * _smooth_noise((size, size), 40 * f + 2, rng)
-            + 3 * f * _smooth_noise((size, size), 8 * f + 2, rng)
+            + 10 * f * smooth_noise((size, size), 40 * f + 2, rng)
+            + 3 * f * smooth_noise((size, size), 8 * f + 2, rng)
         )
         width = rng.uniform(1.0, 6.0) * f + 0.6
         start = rng.uniform(-1.2, 0.3) * radius
         extent = (along > start) & (along < start + rng.uniform(0.6, 2.0) * radius)
-        mask &= ~(
-            (np.abs(signed) < width * (0.6 + 0.4 * np.abs(_smooth_noise((size, size), 20 * f + 2, rng)))) & extent
-        )
+        mask &= ~((np.abs(signed) < width * (0.6 + 0.4 * np.abs(smooth_noise((size, size), 20 * f + 2, rng)))) & extent)
     if rng.random() < 0.35:  # holes (lumina, lost fragments)
-        holes = _smooth_noise((size, size), rng.uniform(15, 45) * f + 2, rng)
+        holes = smooth_noise((size, size), rng.uniform(15, 45) * f + 2, rng)
         mask &= holes < rng.uniform(1.6, 2.4)
     params.update(core_radius=float(radius / size), tears=int(n_tears))
     return ndimage.gaussian_filter(mask.astype(np.float32), 0.6 * f + 0.3)
-
-
-def _trace_fibres(
-    seeds: np.ndarray,
-    lengths: np.ndarray,
-    follow: np.ndarray,
-    theta: np.ndarray,
-    f: float,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Follow the orientation field from each seed, with a per-fibre crimp (waviness).
-
-    Args:
-        seeds: (N, 2) start points, pixels, array order.
-        lengths: (N,) fibre lengths, pixels.
-        follow: (N,) in [0, 1]: how much each fibre follows the field (1) rather than its own random course (0).
-        theta: (H, W) orientation field, radians (mod pi), angle from axis 0 towards axis 1.
-
-    Returns:
-        points (N, S, 2), weights (N, S) (1 on the fibre, 0 past its length), angle (N, S) of the local direction.
-    """
-    step = 1.0
-    n_steps = int(np.ceil(lengths.max() / step)) + 1
-    cos2, sin2 = np.cos(2 * theta), np.sin(2 * theta)  # doubled angles: sign-free interpolation
-    n = len(seeds)
-    crimp_amp = rng.uniform(0.2, 0.7, n)
-    crimp_freq = 2 * np.pi / (rng.uniform(10, 30, n) * f + 3)
-    crimp_phase = rng.uniform(0, 2 * np.pi, n)
-    jitter = rng.normal(0, 0.3, n)  # fibres deviate from the bundle direction
-    own = rng.uniform(0, np.pi, n)
-    own_c2, own_s2 = (1 - follow) * np.cos(2 * own), (1 - follow) * np.sin(2 * own)
-    points = np.zeros((n, n_steps, 2), np.float32)
-    angles = np.zeros((n, n_steps), np.float32)
-    # longest fibres first: at step s only the first `active` fibres are still growing (saves the short ones' steps)
-    order = np.argsort(-lengths, kind="stable")
-    follow, own_c2, own_s2, jitter = follow[order], own_c2[order], own_s2[order], jitter[order]
-    crimp_amp, crimp_freq, crimp_phase = crimp_amp[order], crimp_freq[order], crimp_phase[order]
-    remaining = lengths[order]
-    pos = seeds[order].astype(np.float64)
-    heading = np.where(rng.random(n) < 0.5, -1.0, 1.0)[:, None]
-    prev = None
-    for s in range(n_steps):
-        active = int(np.count_nonzero(remaining > s * step))
-        if active == 0:
-            break
-        pos, heading = pos[:active], heading[:active]
-        ij = np.clip(np.rint(pos).astype(np.int64), 0, np.array(theta.shape) - 1)  # the field is smooth: nearest
-        c2, s2 = cos2[ij[:, 0], ij[:, 1]], sin2[ij[:, 0], ij[:, 1]]
-        ang = 0.5 * np.arctan2(follow[:active] * s2 + own_s2[:active], follow[:active] * c2 + own_c2[:active])
-        ang = ang + jitter[:active] + crimp_amp[:active] * np.sin(crimp_freq[:active] * s * step + crimp_phase[:active])
-        direction = np.stack([np.cos(ang), np.sin(ang)], 1)
-        if prev is None:
-            direction *= heading
-        else:
-            direction *= np.where((direction * prev[:active]).sum(1) < 0, -1.0, 1.0)[:, None]  # keep heading
-        points[order[:active], s], angles[order[:active], s] = pos, ang
-        pos = pos + step * direction
-        prev = direction
-    weights = (np.arange(n_steps)[None, :] * step < lengths[:, None]).astype(np.float32) * step
-    return points, weights, angles
-
-
-def _splat(points: np.ndarray, weights: list[np.ndarray], size: int) -> list[np.ndarray]:
-    """Bilinear splat of points (..., 2) into (size, size) images, one per weight array (...,); zero weights skipped."""
-    keep = np.any([w.reshape(-1) != 0 for w in weights], axis=0)
-    p = points.reshape(-1, 2)[keep]
-    ws = [w.reshape(-1)[keep] for w in weights]
-    base = np.floor(p).astype(np.int64)
-    frac = p - base
-    outs = [np.zeros(size * size, np.float64) for _ in ws]
-    for di in (0, 1):
-        for dj in (0, 1):
-            i, j = base[:, 0] + di, base[:, 1] + dj
-            corner = (frac[:, 0] if di else 1 - frac[:, 0]) * (frac[:, 1] if dj else 1 - frac[:, 1])
-            ok = (i >= 0) & (i < size) & (j >= 0) & (j < size)
-            flat = i[ok] * size + j[ok]
-            for out, w in zip(outs, ws):
-                out += np.bincount(flat, (w * corner)[ok], minlength=size * size)
-    return [out.reshape(size, size).astype(np.float32) for out in outs]
-
-
-def _sample_points(density: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n points (n, 2), sub-pixel, drawn with probability proportional to ``density`` (H, W) >= 0."""
-    flat = density.ravel().astype(np.float64)
-    if n <= 0 or flat.sum() <= 0:
-        return np.zeros((0, 2))
-    idx = rng.choice(flat.size, size=n, p=flat / flat.sum())
-    return np.stack(np.unravel_index(idx, density.shape), 1) + rng.random((n, 2)) - 0.5
-
-
-def _collagen(
-    size: int, f: float, tissue: np.ndarray, rng: np.random.Generator, params: dict, max_stroma: float = 0.95
-) -> dict:
-    """Stroma density and fibre images: what SHG sees and what eosin stains. Returns a dict of (H, W) float32.
-
-    ``max_stroma``: the largest share of the core that is stroma (the same draw, rescaled).
-    """
-    shape = (size, size)
-    stroma_frac = rng.uniform(0.4, max_stroma)  # share of the core that is collagen-rich stroma
-    raw = _smooth_noise(shape, rng.uniform(40, 110) * f + 3, rng)
-    threshold = np.quantile(raw[tissue > 0.5], 1 - stroma_frac) if (tissue > 0.5).any() else 0.0
-    stroma = 1 / (1 + np.exp(-(raw - threshold) * 4))
-    # orientation: smooth field with occasional sharper bundle boundaries
-    theta = 0.45 * np.pi * _smooth_noise(shape, rng.uniform(30, 90) * f + 3, rng) + rng.uniform(0, np.pi)
-    theta += 0.5 * np.pi * np.tanh(2 * _smooth_noise(shape, 150 * f + 3, rng))  # bundle domains
-    area = float((tissue * stroma).sum())
-    n_fibres = int(rng.uniform(2.0, 3.8) * area / max(175 * f * f, 3)) + 10  # a fibre covers ~70 x 2.5 px
-    lengths = np.exp(np.clip(rng.normal(0, 0.5, n_fibres), -1.5, 1.0)) * (70 * f + 4)
-    short = rng.random(n_fibres) < rng.uniform(0.3, 0.6)  # fibres cut across by the section: dots, dashes
-    lengths[short] = rng.uniform(3, 10, short.sum()) * f + 1
-    density = tissue * (0.15 + stroma**2)  # fibres mostly in stroma, a few everywhere
-    seeds = _sample_points(density, n_fibres, rng)
-    n_bundled = n_fibres // 3  # a third of the fibres run beside a neighbour: bundles
-    if n_bundled and len(seeds):
-        parent = rng.integers(0, n_fibres - n_bundled, n_bundled)
-        seeds[n_fibres - n_bundled :] = seeds[parent] + rng.normal(0, 3.5 * f + 0.5, (n_bundled, 2))
-        lengths[n_fibres - n_bundled :] = lengths[parent] * rng.uniform(0.6, 1.2, n_bundled)
-    # a meshwork share of fibres runs its own course: crossings keep the texture only moderately oriented
-    follow = np.where(rng.random(n_fibres) < rng.uniform(0.5, 0.9), rng.uniform(0, 0.3, n_fibres), 1.0)
-    if n_bundled:
-        follow[n_fibres - n_bundled :] = follow[parent]
-    points, weights, angles = _trace_fibres(seeds, lengths, follow, theta, f, rng)
-    # per-fibre brightness: SHG efficiency (some fibres invisible) and eosin uptake, only loosely related
-    log_base = rng.normal(0, 1.0, n_fibres)
-    shg_gain = np.exp(log_base + rng.normal(0, 0.8, n_fibres)) * (rng.random(n_fibres) > rng.uniform(0.1, 0.4))
-    bf_gain = np.exp(0.6 * log_base + rng.normal(0, 0.3, n_fibres))
-    pol = rng.uniform(0, np.pi)  # laser polarisation: SHG ~ a + b cos^2(fibre angle - pol)
-    pol_depth = rng.uniform(0.3, 0.8)
-    shg_w = weights * shg_gain[:, None] * (1 - pol_depth + pol_depth * np.cos(angles - pol) ** 2)
-    width = 0.75 * f + 0.35  # gaussian sigma: ~2 px wide fibres at 834
-    shg_line, bf_line = _splat(points, [shg_w, weights * bf_gain[:, None]], size)
-    shg_fib = ndimage.gaussian_filter(shg_line, width)
-    bf_fib = ndimage.gaussian_filter(bf_line, width * 1.7)  # BF: lower resolution, bundles not fibrils
-    params.update(stroma_frac=float(stroma_frac), n_fibres=int(n_fibres))
-    return {"stroma": stroma.astype(np.float32), "shg": shg_fib, "bf": bf_fib, "theta": theta}
-
-
-def _independent_shg_fibres(size: int, f: float, tissue: np.ndarray, col: dict, rng: np.random.Generator) -> np.ndarray:
-    """SHG fibres drawn anew in the same stroma (H, W): the coarse layout agrees with the bright field, the fine
-    texture does not (held-out real cores whose fibre-texture NCC at the true pose is ~0, shg-bf-appearance.md).
-
-    Real causes: SHG sees fibrils the H&E section does not resolve, a different focal plane, or a neighbouring
-    section. Fibres follow a new orientation field from new seeds, with the stroma density of ``col``.
-    """
-    shape = (size, size)
-    theta = 0.45 * np.pi * _smooth_noise(shape, rng.uniform(30, 90) * f + 3, rng) + rng.uniform(0, np.pi)
-    area = float((tissue * col["stroma"]).sum())
-    n_fibres = int(rng.uniform(2.0, 3.8) * area / max(175 * f * f, 3)) + 10
-    lengths = np.exp(np.clip(rng.normal(0, 0.5, n_fibres), -1.5, 1.0)) * (50 * f + 4)
-    seeds = _sample_points(tissue * (0.05 + col["stroma"] ** 2), n_fibres, rng)
-    follow = rng.uniform(0.3, 1.0, n_fibres)
-    points, weights, angles = _trace_fibres(seeds, lengths, follow, theta, f, rng)
-    gain = np.exp(rng.normal(0, 0.9, n_fibres)) * (rng.random(n_fibres) > 0.2)
-    (line,) = _splat(points, [weights * gain[:, None]], size)
-    # collagen exists in the stroma only: fibres traced past its edge stop there, so the layout stays as in H&E
-    return ndimage.gaussian_filter(line, 0.75 * f + 0.35) * col["stroma"]
 
 
 def _disk_kernels(f: float, rng: np.random.Generator) -> list[np.ndarray]:
@@ -278,12 +115,12 @@ def _nuclei(size: int, f: float, tissue: np.ndarray, col: dict, rng: np.random.G
     richness = rng.uniform(0.3, 1.3)  # some cores are nuclei-rich
     n_cell = int(richness * cellular.sum() / max(90 * f * f, 1.5))
     n_spindle = int(rng.uniform(0.1, 0.4) * (tissue * col["stroma"]).sum() / max(400 * f * f, 6))
-    clusters = np.exp(0.8 * _smooth_noise((size, size), 30 * f + 2, rng))  # nests of crowded cells
+    clusters = np.exp(0.8 * smooth_noise((size, size), 30 * f + 2, rng))  # nests of crowded cells
     kernels = _disk_kernels(f, rng)
     impulses = [np.zeros((size, size), np.float32) for _ in kernels]
     for pts, kinds in (
-        (_sample_points(cellular**2 * clusters, n_cell, rng), rng.integers(0, 4, n_cell)),
-        (_sample_points(tissue * col["stroma"], n_spindle, rng), None),
+        (sample_points(cellular**2 * clusters, n_cell, rng), rng.integers(0, 4, n_cell)),
+        (sample_points(tissue * col["stroma"], n_spindle, rng), None),
     ):
         if len(pts) == 0:
             continue
@@ -308,14 +145,14 @@ def _fat(size: int, f: float, tissue: np.ndarray, rng: np.random.Generator, para
     if rng.random() > 0.3:
         params.update(fat=0.0)
         return empty, empty
-    region = _smooth_noise((size, size), 80 * f + 3, rng) > rng.uniform(0.5, 1.3)
+    region = smooth_noise((size, size), 80 * f + 3, rng) > rng.uniform(0.5, 1.3)
     region = ndimage.gaussian_filter(region.astype(np.float32), 4 * f + 1) * tissue > 0.5
     if not region.any():
         params.update(fat=0.0)
         return empty, empty
     cell = rng.uniform(18, 35) * f + 3  # vacuole diameter, px
     n = max(int(region.sum() / cell**2 * 1.3), 1)
-    seeds = _sample_points(region.astype(np.float32), n, rng)
+    seeds = sample_points(region.astype(np.float32), n, rng)
     # distances to the nearest and second-nearest seed: membranes where they are nearly equal (Voronoi edges)
     pix = np.argwhere(region)
     dist, _ = cKDTree(seeds).query(pix, k=2)
@@ -335,12 +172,12 @@ def _render_bf(tissue, col, nuclei, fat_in, fat_mem, f, rng, params) -> np.ndarr
     h_vec, e_vec = h_vec / np.linalg.norm(h_vec), e_vec / np.linalg.norm(e_vec)
     h_strength, e_strength = rng.uniform(0.6, 1.4), rng.uniform(0.75, 1.5)
     solid = tissue * np.clip(1 - fat_in - fat_mem, 0, 1)  # fat: white vacuoles in thin pink membranes
-    pale = np.exp(0.35 * _smooth_noise(tissue.shape, 50 * f + 2, rng) - 0.1)  # loose vs dense stroma
+    pale = np.exp(0.35 * smooth_noise(tissue.shape, 50 * f + 2, rng) - 0.1)  # loose vs dense stroma
     cellular = 1 - col["stroma"]
     fibres = col["bf"] / (np.quantile(col["bf"][tissue > 0.5], 0.95) + 1e-6) if (tissue > 0.5).any() else col["bf"]
     # eosin stains stroma, every fibre (seen or not by SHG) and cytoplasm alike; hematoxylin the cellular areas
     eosin = solid * pale * (0.30 + 0.06 * col["stroma"] + 0.05 * cellular + 0.55 * np.clip(fibres, 0, 2))
-    eosin *= 1 + 0.12 * _smooth_noise(tissue.shape, 3 * f + 1, rng)  # fine grain of the stain
+    eosin *= 1 + 0.12 * smooth_noise(tissue.shape, 3 * f + 1, rng)  # fine grain of the stain
     eosin += 0.35 * fat_mem * tissue
     hema = solid * (0.03 + 0.14 * cellular) * pale + 0.85 * nuclei * solid
     eosin = np.clip(eosin * e_strength, 0, None)
@@ -373,7 +210,7 @@ def _render_shg(tissue, col, nuclei, fat_in, f, rng, params, faint: bool = False
     """
     solid = tissue * np.clip(1 - fat_in, 0, 1)
     fib = col["shg"] * solid * np.clip(1 - nuclei, 0, 1)
-    focus = np.exp(0.35 * _smooth_noise(tissue.shape, 200 * f + 4, rng))  # uneven depth / focus across the core
+    focus = np.exp(0.35 * smooth_noise(tissue.shape, 200 * f + 4, rng))  # uneven depth / focus across the core
     signal = fib * focus
     empty_core = rng.random() < 0.1  # some cores show almost no SHG and a clean-zero background
     p99_target = float(np.clip(np.exp(rng.normal(np.log(105), 0.5)), 14, 252))
@@ -384,7 +221,7 @@ def _render_shg(tissue, col, nuclei, fat_in, f, rng, params, faint: bool = False
         p99_target, glow = rng.uniform(10, 40), 0.0
         # faint patches over part of the core: even the emptiest real cores show signal over >= 15 % of the image
         # (spec: footprint 0.15-0.81), which patches above a fixed noise level (5-12 %) fell short of
-        patches = _smooth_noise(signal.shape, 40 * f + 2, rng)
+        patches = smooth_noise(signal.shape, 40 * f + 2, rng)
         inside = patches[tissue > 0.5]
         share = rng.uniform(*_EMPTY_COVERAGE) * patches.size / max(inside.size, 1)  # of the image, not the core
         level = np.quantile(inside, max(0.0, 1 - share)) if inside.size else np.inf
@@ -430,13 +267,13 @@ def make_aligned_pair(
     params: dict = {}
     tissue = _core_mask(size, f, rng, params)
     # decoupled cores show a layout to match (stroma beside cellular regions, as the held-out real ones do)
-    col = _collagen(size, f, tissue, rng, params, max_stroma=_DECOUPLED_MAX_STROMA if independent_texture else 0.95)
+    col = collagen(size, f, tissue, rng, params, max_stroma=_DECOUPLED_MAX_STROMA if independent_texture else 0.95)
     nuclei = _nuclei(size, f, tissue, col, rng, params)
     fat_in, fat_mem = _fat(size, f, tissue, rng, params)
     bf = _render_bf(tissue, col, nuclei, fat_in, fat_mem, f, rng, params)
     seen = col
     if independent_texture:  # drawn after the bright field: the default pairs' draws are unchanged
-        seen = {**col, "shg": _independent_shg_fibres(size, f, tissue, col, rng)}
+        seen = {**col, "shg": independent_shg_fibres(size, f, tissue, col, rng)}
         params.update(independent_texture=True)
     if faint:
         params.update(faint=True)
