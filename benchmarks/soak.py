@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from fide.config import FideConfig, config_from_dict
     from fide.features.select import resolve_encoders
     from fide.io import load_dataset, read_disp
+    from fide.io.fields import atomic_path
     from fide.resources import configure_threads
 
     threads = configure_threads(args.threads)
@@ -188,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{name}: no distinct pair registered twice after pair {args.early}; {statuses}")
             if args.readings:  # rewritten after each executor: a long soak keeps what it measured if stopped
                 rows = [f"{n},{pid},{case},{rss}" for n, run in runs.items() for pid, case, rss in run["rss"]]
-                args.readings.write_text("executor,pid,case,rss_mib\n" + "\n".join(rows) + "\n")
+                partial = atomic_path(args.readings)
+                partial.write_text("executor,pid,case,rss_mib\n" + "\n".join(rows) + "\n")
+                os.replace(partial, args.readings)
         # fields bit-identical to an earlier run's: one process, and --jobs 2 (the same 1 thread per worker)
         root, same = Path(tmp), {}
         for name in names:
