@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from fide.cli.example_pair import ENLARGE_ABOVE_PX
+from fide.synth.enlarged import ENLARGE_ABOVE_PX
 
 VARIANTS = {"working": ["--no-refine"], "refined": [], "local": ["--local"]}
 

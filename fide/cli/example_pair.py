@@ -13,16 +13,13 @@ import pandas as pd
 import tifffile
 
 from fide.synth import make_pair
-from fide.synth.enlarged import enlarged_points, write_enlarged
+from fide.synth.enlarged import ENLARGE_ABOVE_PX, enlarged_points, write_enlarged
 
 __all__ = ["add_parser", "run", "write_example_pair"]
 
 logger = logging.getLogger("fide")
 
 FIXED_UM, MOVING_UM = 0.5, 1.0  # the bright field has pixels twice as large as the SHG
-# larger pairs are rendered at this side and enlarged: make_pair holds several float copies of the whole pair
-# (peak 3.3 GB at 4096 px, 11.5 GB at 8192, ~50 GB at 16 384)
-ENLARGE_ABOVE_PX = 4096
 
 
 def _ome(path: Path, rows_cols: np.ndarray, pixel_um: float) -> None:
