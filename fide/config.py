@@ -61,6 +61,9 @@ class SearchConfig:
     # fide: rotations searched are limited to ±this (180 = any); a user who knows the range (the challenge: 20) says so
     max_rotation_deg: float = 180.0
     top_k: int = 4  # distinct candidates handed on to refinement / restarts
+    # fide: where the decision trusts no pose, a finer label-MI search (fide/prealign/search.py, LAYOUT_LABELS)
+    # proposes more hypotheses, refined as the first ones and decided by the same rule
+    layout_fallback: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.mirror, bool):  # configs written before "auto" existed said true / false

@@ -26,7 +26,7 @@ from fide.pair import FeatureFn, PairInputs, handcrafted_features, measure_evide
 from fide.prealign.fibre_texture import POLISH_LEARNING_RATE
 from fide.prealign.fibres import fibre_search
 from fide.prealign.prealign import fixed_keypoints, prealign_affine
-from fide.prealign.search import search_mirrors, search_similarity
+from fide.prealign.search import search_layout, search_mirrors, search_similarity
 from fide.preprocess.working import WorkingPair
 
 __all__ = ["RegistrationResult", "register_pair", "FeatureFn", "handcrafted_features"]
@@ -121,6 +121,10 @@ def register_pair(
     decision = decide(evidence, inputs.fixed.shape, cfg.confidence)
     clock.lap("affine")
     notes = []
+    if decision.flagged and cfg.search.layout_fallback:
+        evidence, decision, note = _layout_fallback(inputs, evidence, decision, cfg)
+        notes.append(note)
+        clock.lap("layout search")
     if decision.flagged and inputs.texture() is not None and cfg.fibres.fallback:
         evidence, decision, note = _fibre_fallback(inputs, evidence, decision, cfg)
         notes.append(note)
@@ -143,6 +147,23 @@ class _Clock:
         self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
         logger.debug("%s: %.2f s", name, now - self._last)
         self._last = now
+
+
+def _layout_fallback(
+    inputs: PairInputs, evidence: list[PoseEvidence], decision: Decision, cfg: FideConfig
+) -> tuple[list[PoseEvidence], Decision, str]:
+    """For a pose nothing supports: a finer layout search's candidates, screened and optimised as the first search's,
+    join the evidence and the same rule decides again."""
+    centres = (_centroid(inputs.fixed.tissue), _centroid(inputs.moving.tissue))
+    candidates = search_layout(inputs.fixed.colour, inputs.moving.colour, centres, cfg.search, cfg.seed)
+    if not candidates:
+        return evidence, decision, "layout search: no candidate"
+    starts, _ = _screen([c.affine for c in candidates], inputs, cfg)
+    refined = list(optimise_affine(inputs.working(cfg.optimise.size_px), torch.stack(starts), cfg.optimise)[0])
+    evidence = evidence + measure_evidence(inputs, refined, "layout search", cfg)
+    updated = decide(evidence, inputs.fixed.shape, cfg.confidence)
+    kept = "kept" if updated.index >= len(evidence) - len(refined) else "not kept"
+    return evidence, updated, f"layout search {kept}: confidence {decision.confidence:.2f} -> {updated.confidence:.2f}"
 
 
 def _fibre_fallback(

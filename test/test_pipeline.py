@@ -54,7 +54,8 @@ def test_cuda_field_is_repeatable_and_matches_the_cpu_field(task):
 def test_every_stage_keeps_its_tensors_on_the_requested_device(task, learned, fast_engine):
     """CI has no GPU: under a CPU stand-in for CUDA, a CPU tensor meeting a CUDA one raises as on a GPU.
 
-    Every stage runs: search, pre-alignment, affine, the fibre fallback (forced) and the deformable residual. The
+    Every stage runs: search, pre-alignment, affine, the layout search and the fibre fallback (forced) and the
+    deformable residual. The
     numbers are computed on the CPU either way, so the field must equal a plain CPU run bit for bit.
     """
     pair = load_dataset(task).split("val")[1]
@@ -68,8 +69,22 @@ def test_every_stage_keeps_its_tensors_on_the_requested_device(task, learned, fa
     with FakeCuda():
         on_cuda = register_pair(fixed, moving, cfg, device="cuda", encoders=encoders and encoders.to("cuda"))
         assert is_fake_cuda(on_cuda.disp) and is_fake_cuda(on_cuda.affine)
-    assert "fibres" in on_cuda.seconds and on_cuda.notes == plain.notes
+    assert {"layout search", "fibres"} <= set(on_cuda.seconds) and on_cuda.notes == plain.notes
     assert torch.equal(on_cuda.disp, plain.disp)
+
+
+def test_layout_search_runs_only_for_a_pose_nothing_supports(task, fast_engine):
+    """A flagged decision gets a second, finer layout search (search.layout_fallback); a trusted one never does."""
+    pair = load_dataset(task).split("val")[1]
+    fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+    trusted = register_pair(fixed, moving, config_from_dict(FAST_CONFIG))
+    assert trusted.flag_reason is None and "layout search" not in trusted.seconds
+    doubtful = {**FAST_CONFIG, "confidence": {"flag_below": 1.01}, "fibres": {"fallback": False}}
+    result = register_pair(fixed, moving, config_from_dict(doubtful))
+    assert "layout search" in result.seconds and [n for n in result.notes if n.startswith("layout search")]
+    assert result.flag_reason is not None  # nothing reaches a confidence of 1.01: still flagged, with its reason
+    doubtful["search"] = {**FAST_CONFIG["search"], "layout_fallback": False}
+    assert "layout search" not in register_pair(fixed, moving, config_from_dict(doubtful)).seconds
 
 
 def test_stage_prefix_and_timings(task):

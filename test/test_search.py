@@ -9,7 +9,7 @@ from fide.config import SearchConfig
 from fide.features import one_hot_labels
 from fide.pipeline import _centroid
 from fide.prealign import search
-from fide.prealign.search import cross_mutual_information, search_similarity
+from fide.prealign.search import cross_mutual_information, search_layout, search_similarity
 from fide.preprocess import prepare_pair
 
 
@@ -136,6 +136,25 @@ def test_label_criterion_always_runs_and_proposes_its_own_candidates(pair128, mo
     assert label_levels == [1, 1]  # the coarse and the refinement level
     assert len(candidates) == 2 and abs(candidates[0].angle_deg - 60.0) < 5.0  # the agreeing (wrong) correlations
     assert abs((candidates[1].angle_deg + 140.0 + 180) % 360 - 180) < 5.0  # the label MI finds the truth
+
+
+def test_layout_search_uses_finer_labels_and_proposes_more_distinct_poses(pair128, monkeypatch):
+    """The second look for a pose nothing supports: label MI alone, LAYOUT_LABELS levels, LAYOUT_TOP_K candidates."""
+    shg, bf = pair128
+    truth = similarity(75.0, 0.95, 128, shift=(3.0, -6.0))
+    (fixed_colour, moving_colour), centres = _prepared(shg, move(bf, truth, fill=242.0))
+    levels = []
+    original = search._label_level
+    monkeypatch.setattr(search, "_label_level", lambda *a, **k: levels.append(a[3]) or original(*a, **k))
+    cfg = SearchConfig(size_px=64, scale_min=0.8, scale_max=1.25, top_k=1)
+    candidates = search_layout(fixed_colour, moving_colour, centres, cfg)
+    assert levels == [search.LAYOUT_LABELS] * 2 and search.LAYOUT_LABELS > search.NUM_LABELS
+    assert 1 < len(candidates) <= search.LAYOUT_TOP_K  # top_k of the first search does not bound it
+    affines = [c.affine for c in candidates]
+    assert geometry.distinct_poses(affines, (128, 128), 0.04) == list(range(len(affines)))
+    points = geometry.identity_grid((128, 128))[:, 24:-24:8, 24:-24:8].reshape(2, -1).T
+    error = geometry.apply_affine_to_points(affines[0], points) - geometry.apply_affine_to_points(truth, points)
+    assert float(error.norm(dim=1).mean()) < 2.0
 
 
 @pytest.mark.parametrize("size", [(40, 40), (36, 45)])
