@@ -215,25 +215,30 @@ def test_dask_worker_deaths_cost_one_retry_then_fail_the_pair_alone(task, tmp_pa
     assert "encoders None" not in {e for ids in per_worker.values() for e in ids}
 
 
-def test_local_dask_workers_run_no_profiler_even_after_a_restart():
-    """Dask's profiler keeps a history that grows with the run (benchmarks/soak.py): ``local:N`` turns it off in
-    every worker, one the nanny restarted included."""
+def test_local_dask_workers_run_no_profiler_and_one_arena_even_after_a_restart():
+    """Dask's profiler keeps a history that grows with the run, and a thread's glibc arena keeps freed memory
+    resident (benchmarks/soak.py): ``local:N`` turns the one off and the other to one arena in every worker, one the
+    nanny restarted included."""
     from contextlib import ExitStack
 
     from fide.executors.dask_cluster import DaskExecutor
 
     def profiling(dask_worker):
+        import os
+
         import dask
 
         callbacks = sorted(name for name in dask_worker.periodic_callbacks if name.startswith("profile"))
-        return dask.config.get("distributed.worker.profile.enabled"), tuple(callbacks)
+        arenas = os.environ.get("MALLOC_ARENA_MAX")  # glibc reads it when the worker process starts
+        return dask.config.get("distributed.worker.profile.enabled"), tuple(callbacks), arenas
 
     with ExitStack() as stack, DaskExecutor("local:2", threads=2)._client(stack) as (client, _):
         before = client.run(profiling)
         client.restart_workers([sorted(before)[0]])
         after = client.run(profiling)
     assert len(before) == len(after) == 2
-    assert set(before.values()) == set(after.values()) == {(False, ())}  # enabled: (True, ("profile", "profile-cycle"))
+    # Dask's defaults: (True, ("profile", "profile-cycle"), None)
+    assert set(before.values()) == set(after.values()) == {(False, (), "1")}
 
 
 def test_losing_the_dask_scheduler_stops_the_run_and_a_rerun_resumes(task, tmp_path):

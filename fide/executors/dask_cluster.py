@@ -5,6 +5,7 @@
 * A worker plugin sets each worker up once (also a worker that replaces a dead one): torch threads from the
   worker's own CPU share (:func:`fide.resources.available_cpus` over the Dask threads of the workers on its host;
   ``local:N`` splits ``threads``), the run's seed, and the encoders, shipped once per worker, not with each pair.
+  ``local:N`` workers also start with one glibc arena (:data:`ONE_ARENA`), so their memory stays flat.
 * Faults: a pair whose worker dies is rerun on another worker by the scheduler; after ``allowed-failures`` deaths
   (1 on ``local:N``; start a scheduler with ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1`` for the same) it
   comes back as :class:`~fide.executors.base.WorkerLost`. A lost scheduler stops the run with
@@ -34,7 +35,7 @@ from fide.resources import available_cpus, configure_threads, glibc, thread_envi
 
 from .base import LOST_TWICE, ClusterError, Completed, WorkerLost, child_environment, split_encoders, with_encoders
 
-__all__ = ["DaskExecutor", "LOCAL_CONFIG"]
+__all__ = ["DaskExecutor", "LOCAL_CONFIG", "ONE_ARENA"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ async def _cpu_share(worker) -> int:
         sharing = 0
     return max(1, available_cpus() // max(sharing, worker.state.nthreads, 1))
 
+
+# A Dask worker runs each pair in a thread, which allocates from its own glibc arena; malloc_trim returns only the
+# main arena's top chunk, so a thread arena kept up to ~60 MiB of a pair's freed memory resident, a different amount
+# after each pair (benchmarks/soak.py: 613-676 MiB). One arena: every pair's memory comes back after it.
+ONE_ARENA = {"MALLOC_ARENA_MAX": "1"}
 
 # glibc mallopt parameters, and the largest mmap threshold glibc's own dynamic rule reaches on 64-bit (32 MiB)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX = -1, -3, 32 * 2**20
@@ -135,7 +141,7 @@ class DaskExecutor:
             per_worker = max(1, (self.threads or available_cpus()) // self.local_workers)
             # the workers' torch reads the thread variables, their dask the log level, when they start; the nannies
             # set this environment before every (re)start of a worker, from the config and this process's variables
-            environ = {**thread_environment(per_worker), "DASK_LOGGING__DISTRIBUTED": quiet}
+            environ = {**thread_environment(per_worker), **ONE_ARENA, "DASK_LOGGING__DISTRIBUTED": quiet}
             spawn = {f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in environ.items()}
             # in force until the cluster has closed (the stack unwinds LIFO), not only while it starts: a nanny that
             # restarts a crashed worker, or anything else reading the config meanwhile, sees the same settings
