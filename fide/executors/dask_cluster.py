@@ -76,9 +76,9 @@ async def _cpu_share(worker) -> int:
     return max(1, available_cpus() // max(sharing, worker.state.nthreads, 1))
 
 
-# A Dask worker runs each pair in a thread, which allocates from its own glibc arena; malloc_trim returns only the
-# main arena's top chunk, so a thread arena kept up to ~60 MiB of a pair's freed memory resident, a different amount
-# after each pair (benchmarks/soak.py: 613-676 MiB). One arena: every pair's memory comes back after it.
+# A Dask worker runs each pair in a thread, which allocates from its own glibc arena; malloc_trim frees pages inside
+# every arena but shrinks the top chunk of the main arena only, so a thread arena kept up to ~60 MiB of a pair's freed
+# memory resident, a different amount after each pair (benchmarks/soak.py: 613-676 MiB). One arena: all of it returns.
 ONE_ARENA = {"MALLOC_ARENA_MAX": "1"}
 
 # glibc mallopt parameters, and the largest mmap threshold glibc's own dynamic rule reaches on 64-bit (32 MiB)
