@@ -114,7 +114,7 @@ def register_pair(
             inputs, starts[0], measure_evidence(inputs, [starts[0]], "candidate", cfg), cfg, clock, stage_affines
         )
 
-    restarts = list(optimise_affine(inputs.working(cfg.optimise.size_px), torch.stack(starts), cfg.optimise)[0])
+    restarts = _optimise_starts(inputs, starts, cfg)
     distinct = geometry.distinct_poses(screened, inputs.fixed.shape, cfg.confidence.distinct_fraction, restarts)
     others = [screened[i] for i in distinct]
     evidence = measure_evidence(inputs, restarts, "restart", cfg) + measure_evidence(inputs, others, "candidate", cfg)
@@ -159,11 +159,17 @@ def _layout_fallback(
     if not candidates:
         return evidence, decision, "layout search: no candidate"
     starts, _ = _screen([c.affine for c in candidates], inputs, cfg)
-    refined = list(optimise_affine(inputs.working(cfg.optimise.size_px), torch.stack(starts), cfg.optimise)[0])
+    refined = _optimise_starts(inputs, starts, cfg)
     evidence = evidence + measure_evidence(inputs, refined, "layout search", cfg)
     updated = decide(evidence, inputs.fixed.shape, cfg.confidence)
     kept = "kept" if updated.index >= len(evidence) - len(refined) else "not kept"
     return evidence, updated, f"layout search {kept}: confidence {decision.confidence:.2f} -> {updated.confidence:.2f}"
+
+
+def _optimise_starts(inputs: PairInputs, starts: list[torch.Tensor], cfg: FideConfig) -> list[torch.Tensor]:
+    """The screened starts, each (2, 3), optimised at the working size: the first search's and the layout search's
+    hypotheses alike."""
+    return list(optimise_affine(inputs.working(cfg.optimise.size_px), torch.stack(starts), cfg.optimise)[0])
 
 
 def _fibre_fallback(

@@ -55,8 +55,8 @@ def test_every_stage_keeps_its_tensors_on_the_requested_device(task, learned, fa
     """CI has no GPU: under a CPU stand-in for CUDA, a CPU tensor meeting a CUDA one raises as on a GPU.
 
     Every stage runs: search, pre-alignment, affine, the layout search and the fibre fallback (forced) and the
-    deformable residual. The
-    numbers are computed on the CPU either way, so the field must equal a plain CPU run bit for bit.
+    deformable residual. The numbers are computed on the CPU either way, so the field must equal a plain CPU run bit
+    for bit.
     """
     pair = load_dataset(task).split("val")[1]
     fixed, moving = read_image(pair.fixed), read_image(pair.moving)
