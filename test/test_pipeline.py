@@ -1,5 +1,7 @@
 """End to end: `fide register` on a small synthetic SHG/BF task, scored by the bundled evaluator."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,45 @@ def test_layout_pass_runs_where_the_texture_is_silent_and_never_lowers_the_nmi(t
     assert "layout" in stages and "polish" not in stages  # a silent texture is never fitted
     assert inputs.quality(stages["layout"]) >= silent.nmi
     assert final.nmi > silent.nmi
+
+
+def test_fibre_fallback_runs_before_the_layout_search_and_a_pose_it_settles_skips_it(task, fast_engine, monkeypatch):
+    """Where the fibres settle a doubtful pose the layout search is not spent; where they do not, it still runs."""
+    from fide import pipeline
+
+    pair = load_dataset(task).split("val")[1]
+    fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+    doubtful = config_from_dict({**FAST_CONFIG, "confidence": {"flag_below": 1.01}})
+    both = register_pair(fixed, moving, doubtful)
+    order = [stage for stage in both.seconds if stage in ("fibres", "layout search")]
+    assert order == ["fibres", "layout search"] and both.notes[0].startswith("fibre fallback")
+
+    def settled(inputs, evidence, decision, cfg):
+        return evidence, dataclasses.replace(decision, confidence=1.0, reason=None), "fibre fallback kept: settled"
+
+    def must_not_run(*args):
+        raise AssertionError("the layout search ran after the fibres settled the pose")
+
+    monkeypatch.setattr(pipeline, "_fibre_fallback", settled)
+    monkeypatch.setattr(pipeline, "_layout_fallback", must_not_run)
+    result = register_pair(fixed, moving, doubtful)
+    assert "fibres" in result.seconds and "layout search" not in result.seconds
+
+
+def test_the_search_first_candidate_is_a_start_even_where_screening_buries_it(task, monkeypatch):
+    """The label-MI screening can rank the correlations' first (right) candidate last on an ambiguous layout: it
+    still gets a restart, once (no duplicate where screening kept it anyway)."""
+    from fide import pipeline
+    from fide.pair import prepare_inputs
+
+    pair = load_dataset(task).split("val")[0]
+    cfg = FideConfig()
+    inputs, _ = prepare_inputs(read_image(pair.fixed), read_image(pair.moving), cfg, None, None)
+    candidates = [similarity(angle, 1.0, 256) for angle in (0.0, 60.0, 120.0, 180.0, -120.0)]
+    monkeypatch.setattr(pipeline, "prealign_affine", lambda working, affine, *args: (affine, None))
+    for scores, expected in (([0.1, 1.0, 0.99, 0.98, 0.97], 4), ([1.0, 0.99, 0.98, 0.97, 0.96], 3)):
+        polished = (torch.stack(candidates), torch.tensor(scores))
+        monkeypatch.setattr(pipeline, "optimise_affine", lambda *args, result=polished: result)
+        starts, screened = pipeline._screen(candidates, inputs, cfg)
+        assert len(starts) == expected and len(screened) == len(candidates)
+        assert sum(torch.equal(start, candidates[0]) for start in starts) == 1
