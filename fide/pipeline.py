@@ -169,7 +169,7 @@ def _layout_fallback(
 
 
 def _optimise_starts(inputs: PairInputs, starts: list[torch.Tensor], cfg: FideConfig) -> list[torch.Tensor]:
-    """The screened starts, each (2, 3), optimised at the working size: the first search's and the layout search's
+    """The screened starts, each (3, 3), optimised at the working size: the first search's and the layout search's
     hypotheses alike."""
     return list(optimise_affine(inputs.working(cfg.optimise.size_px), torch.stack(starts), cfg.optimise)[0])
 
