@@ -28,7 +28,10 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable products
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # only where CUDA is: fide's CPU kernels repeat bit for bit without the mode (their fields differ from the mode's
+    # by <= 6e-5 px), and the call imports torch._inductor and torch._dynamo, ~2 s a process (docs/operations.md)
+    if torch.cuda.is_available():
+        torch.use_deterministic_algorithms(True, warn_only=True)
     # the two ops that warn in fide are repeatable as fide uses them: grid_sample's backward adds atomically only
     # into the image's gradient, which fide never asks for (it optimises displacements); median's indices vary only
     # between tied values, and fide reads the values

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from monai.losses import DiffusionLoss
 
 from fide import geometry
+from fide.adam import Adam
 from fide.config import DeformableConfig
 from fide.preprocess.working import WorkingPair
 
@@ -54,7 +55,7 @@ def optimise_deformable(
     full_affine_disp = geometry.affine_to_disp(affine[None].to(pair.fixed_features), fixed_shape)
     grid_shape = tuple(max(2, n // cfg.grid_spacing_px) for n in pair.shape)
     control = pair.fixed_features.new_zeros(1, 2, *grid_shape).requires_grad_()
-    optimiser = torch.optim.Adam([control], lr=LEARNING_RATE)
+    optimiser = Adam([control], lr=LEARNING_RATE)
     regulariser = DiffusionLoss(normalize=False)
     nmi = LabelNMILoss(NUM_LABELS)
     fixed = pair.fixed_features

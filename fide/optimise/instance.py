@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from fide import geometry
+from fide.adam import Adam
 from fide.config import OptimiseConfig
 from fide.preprocess.working import WorkingPair
 
@@ -99,7 +100,7 @@ def _optimise_starts(
     batch = init_affines.shape[0]
     init = pair.down(init_affines).to(pair.fixed_features)
     disp = geometry.affine_to_disp(init, pair.shape).clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([disp], lr=cfg.learning_rate, amsgrad=True)
+    optimiser = Adam([disp], lr=cfg.learning_rate, amsgrad=True)
     nmi_loss = LabelNMILoss(cfg.num_labels)
 
     def batched(images: list[torch.Tensor], k: int) -> torch.Tensor:

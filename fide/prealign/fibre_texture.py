@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fide import geometry
+from fide.adam import Adam
 from fide.config import REFERENCE_SIDE_PX
 from fide.prealign.fibre_match import MovingSpectra, Patch, band_pass, box_px, collagen_patches
 
@@ -200,7 +201,7 @@ def polish_on_patches(
     pixels = patches if isinstance(patches, PatchPixels) else PatchPixels(fixed_band, patches)
     frame = _PatchFrame(pixels.points)
     delta = pixels.points.new_zeros(2, 3).requires_grad_(True)
-    optimiser = torch.optim.Adam([delta], lr=learning_rate)
+    optimiser = Adam([delta], lr=learning_rate)
     best, best_score = affine, -2.0
     for _ in range(iterations + 1):
         mapped = pixels.points @ affine[:2, :2].T + affine[:2, 2] + frame.local @ delta.T
