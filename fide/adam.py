@@ -27,9 +27,10 @@ class Adam:
     def __init__(self, params: list[torch.Tensor], lr: float, amsgrad: bool = False) -> None:
         self.params = list(params)
         self.lr, self.amsgrad = lr, amsgrad
-        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        self.max_exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avgs = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
+        # the running maximum exists only with amsgrad (torch.optim.Adam keeps none either)
+        self.max_exp_avg_sqs = [torch.zeros_like(p) for p in self.params] if amsgrad else []
         self.steps = [torch.tensor(0.0) for _ in self.params]  # CPU scalars, as torch.optim.Adam keeps them
 
     def zero_grad(self) -> None:

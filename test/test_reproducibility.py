@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from fide import reproducibility
 from fide.reproducibility import seed_everything
 
 
@@ -22,7 +21,7 @@ def restore_mode():
 @pytest.mark.parametrize("cuda", [False, True])
 def test_deterministic_mode_follows_cuda(monkeypatch, restore_mode, cuda):
     torch.use_deterministic_algorithms(False)
-    monkeypatch.setattr(reproducibility.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     seed_everything(3)
     assert torch.are_deterministic_algorithms_enabled() is cuda
     if cuda:
@@ -30,7 +29,7 @@ def test_deterministic_mode_follows_cuda(monkeypatch, restore_mode, cuda):
 
 
 def test_same_seed_same_draws(monkeypatch):
-    monkeypatch.setattr(reproducibility.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     draws = []
     for _ in range(2):
         seed_everything(11)
