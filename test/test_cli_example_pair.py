@@ -68,3 +68,30 @@ def test_a_render_side_under_64_px_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="--render must be at least 64, got 32"):
         main(["example-pair", str(tmp_path), "--size", "512", "--render", "32"])
     assert not (tmp_path / "shg.ome.tif").exists()
+
+
+def test_length_scale_draws_finer_structures_at_the_same_size(tmp_path):
+    """--length-scale 1 at 256 px: the pixels of ``make_pair(..., length_scale=1)``, not the default's
+    (256 / 834 = 0.31)."""
+    assert main(["example-pair", str(tmp_path), "--size", "256", "--length-scale", "1"]) == 0
+    written = tifffile.imread(tmp_path / "shg.ome.tif")
+    np.testing.assert_array_equal(written, make_pair("val", 0, 256, 0, length_scale=1.0)["fixed"][0].T)
+    assert not np.array_equal(written, _render(256)[0])
+
+
+def test_length_scale_above_the_render_side_is_the_final_images(tmp_path):
+    """--size 512 --render 128 --length-scale 8: the render draws the structures at 8 x 128 / 512 = 2, so the
+    landmarks mapped back are those of the 128 px pair drawn at length scale 2."""
+    assert main(["example-pair", str(tmp_path), "--size", "512", "--render", "128", "--length-scale", "8"]) == 0
+    pair = make_pair("val", 0, 128, 0, length_scale=2.0)
+    expected = np.hstack([pair["fixed_points"], (pair["moving_points"] + 0.5) / 2 - 0.5])
+    written = pd.read_csv(tmp_path / "landmarks.csv").to_numpy()
+    back = np.hstack([(written[:, :2] + 0.5) / 4 - 0.5, (written[:, 2:] + 0.5) / 4 - 0.5])
+    np.testing.assert_allclose(back, expected, atol=2e-4)
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_length_scale_not_positive_is_refused(tmp_path, value):
+    with pytest.raises(SystemExit, match=f"--length-scale must be positive, got {value}"):
+        main(["example-pair", str(tmp_path), "--size", "256", "--length-scale", value])
+    assert not (tmp_path / "shg.ome.tif").exists()

@@ -189,6 +189,18 @@ def test_warp_px_zero_gives_the_same_affine_exactly(tmp_path):
     assert fide_main(["synth", str(tmp_path / "n"), "--pairs", "1", "--size", "96", "--warp-px", "-1"]) == 2
 
 
+def test_length_scale_changes_the_tissue_not_the_misalignment():
+    """``length_scale`` None is ``size / 834``; another scale draws other structures under the same misalignment."""
+    default = make_pair("val", 0, 96, 5)
+    same = make_pair("val", 0, 96, 5, length_scale=96 / 834)
+    finer = make_pair("val", 0, 96, 5, length_scale=0.5)
+    np.testing.assert_array_equal(same["fixed"], default["fixed"])
+    np.testing.assert_array_equal(same["moving"], default["moving"])
+    assert not np.array_equal(finer["fixed"], default["fixed"])
+    np.testing.assert_array_equal(finer["misalignment"].affine, default["misalignment"].affine)
+    np.testing.assert_array_equal(finer["disp"], default["disp"])
+
+
 def test_scale_range_validation(tmp_path):
     with pytest.raises(ValueError, match="scale_range"):
         random_misalignment(64, np.random.default_rng(0), scale_range=(1.2, 0.8))

@@ -35,10 +35,12 @@ def _ome(path: Path, rows_cols: np.ndarray, pixel_um: float) -> None:
     )
 
 
-def _render(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _render(
+    size: int, seed: int, length_scale: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Synthetic val pair 0 as pictures: (size, size) uint8 SHG, (size // 2, size // 2, 3) uint8 bright field
     (2 x 2 block means), and their (N, 2) landmarks (x, y) in each picture's pixels."""
-    pair = make_pair("val", 0, size, seed)
+    pair = make_pair("val", 0, size, seed, length_scale=length_scale)
     fixed = pair["fixed"][0].T  # fide's (x, y) arrays -> (row, column) pictures
     moving = np.transpose(pair["moving"], (2, 1, 0)).astype(np.float32)
     half = size // 2
@@ -48,7 +50,11 @@ def _render(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 
 def write_example_pair(
-    out: str | Path, size: int = 512, seed: int = 0, render_px: int | None = None
+    out: str | Path,
+    size: int = 512,
+    seed: int = 0,
+    render_px: int | None = None,
+    length_scale: float | None = None,
 ) -> dict[str, Path]:
     """Write ``shg.ome.tif`` (grey, ``size``², 0.5 µm), ``bright field.ome.tif`` (RGB, half the pixels, 1 µm),
     ``landmarks.csv`` (fixed_x, fixed_y, moving_x, moving_y in each image's pixels) and ``pairs.csv`` (one row,
@@ -60,11 +66,16 @@ def write_example_pair(
     :func:`write_enlarged`), the landmarks alike (``(p + 0.5) * factor - 0.5``); the bright field then has
     ``floor(size / 2)`` pixels a side. Such a pair holds no detail finer than ``size / render_px`` fixed pixels; a
     larger render costs memory (see ``ENLARGE_ABOVE_PX``).
+
+    ``length_scale``: written SHG pixels per pixel of an 834 px core for the tissue's structures (fibres ~2 px wide
+    at 1); None: ``size / 834``, the core drawn as at 834 px at every size, so a larger pair has larger pixels' worth
+    of the same detail, not finer detail. The render draws them at ``length_scale * render / size``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     render = min(size, render_px or ENLARGE_ABOVE_PX)
-    fixed, moving, fixed_pts, moving_pts = _render(render, seed)
+    render_scale = None if length_scale is None else length_scale * render / size
+    fixed, moving, fixed_pts, moving_pts = _render(render, seed, render_scale)
     paths = {"fixed": out / "shg.ome.tif", "moving": out / "bright field.ome.tif"}
     if size <= render:
         _ome(paths["fixed"], fixed, FIXED_UM)
@@ -106,6 +117,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="PX",
         help=f"render at most this SHG side, enlarge above it (default {ENLARGE_ABOVE_PX}; 8192 needs ~12 GB)",
     )
+    parser.add_argument(
+        "--length-scale",
+        type=float,
+        default=None,
+        metavar="L",
+        help="tissue structures L pixels per pixel of an 834 px core (1: fibres ~2 px wide, detail as a finer "
+        "scan shows it); default size / 834 (the 834 px core enlarged); above --render, below size / render is blurred",
+    )
     parser.set_defaults(run=run)
 
 
@@ -114,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"fide example-pair: --size must be at least 64, got {args.size}")
     if args.render < 64:
         raise SystemExit(f"fide example-pair: --render must be at least 64, got {args.render}")
-    paths = write_example_pair(args.output, args.size, args.seed, args.render)
+    if args.length_scale is not None and not args.length_scale > 0:
+        raise SystemExit(f"fide example-pair: --length-scale must be positive, got {args.length_scale:g}")
+    paths = write_example_pair(args.output, args.size, args.seed, args.render, args.length_scale)
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0

@@ -60,6 +60,7 @@ def make_pair(
     scale_range: tuple[float, float] = (0.85, 1.15),
     regime: str = "core",
     warp_px: float = 4.0,
+    length_scale: float | None = None,
 ) -> dict:
     """Generate pair ``index`` of ``split`` ("train", "val" or "test"); deterministic in (seed, split, index).
 
@@ -68,6 +69,9 @@ def make_pair(
             ``scale_range`` applies where the regime does not fix the scale.
         warp_px: largest displacement of the smooth warp on top of the affine, pixels at 834 px (scaled with
             ``size``; 0: the pair is exactly affine, so any TRE left is the registration's own error).
+        length_scale: pixels per pixel of an 834 px image for the tissue's structures (fibre widths, texture
+            scales; :func:`fide.synth.tissue.make_aligned_pair`); None: ``size / 834``, the core at every size
+            drawn as at 834 px and only its pixels smaller. The warp and the core's outline follow ``size`` either way.
 
     Returns:
         dict with ``fixed`` (1, H, W) uint8 SHG, ``moving`` (3, H, W) uint8 BF, and for "val"/"test" also
@@ -87,10 +91,11 @@ def make_pair(
     appearance = {"independent_texture": setting.independent_texture, "faint": faint}
     if split == "train" or not setting.patch:
         view = size
-        shg, bf, info = make_aligned_pair(size, tissue_rng, **appearance)
+        shg, bf, info = make_aligned_pair(size, tissue_rng, length_scale=length_scale, **appearance)
     else:  # a larger field of view at this size's length scale; its centre is cut out after the move
         view = size + 2 * round((setting.patch_margin - 1) * size / 2)
-        shg, bf, info = make_aligned_pair(view, tissue_rng, length_scale=size / REFERENCE_SIDE_PX, **appearance)
+        scale = length_scale or size / REFERENCE_SIDE_PX
+        shg, bf, info = make_aligned_pair(view, tissue_rng, length_scale=scale, **appearance)
     pair: dict = {"fixed": shg, "moving": bf, "tissue": info}
     if split == "train":
         return pair
