@@ -89,12 +89,12 @@ def make_pair(
         setting.faint_prob
     )
     appearance = {"independent_texture": setting.independent_texture, "faint": faint}
+    scale = size / REFERENCE_SIDE_PX if length_scale is None else length_scale
     if split == "train" or not setting.patch:
         view = size
-        shg, bf, info = make_aligned_pair(size, tissue_rng, length_scale=length_scale, **appearance)
+        shg, bf, info = make_aligned_pair(size, tissue_rng, length_scale=scale, **appearance)
     else:  # a larger field of view at this size's length scale; its centre is cut out after the move
         view = size + 2 * round((setting.patch_margin - 1) * size / 2)
-        scale = length_scale or size / REFERENCE_SIDE_PX
         shg, bf, info = make_aligned_pair(view, tissue_rng, length_scale=scale, **appearance)
     pair: dict = {"fixed": shg, "moving": bf, "tissue": info}
     if split == "train":
