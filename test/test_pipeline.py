@@ -116,7 +116,7 @@ def test_rgb_fixed_image_falls_back_to_handcrafted_features_unless_learned_is_pi
 
 def test_full_resolution_polish_runs_on_a_confident_pose_and_keeps_it_right(task):
     """The last step (fibres.polish_iterations, on by default): texture Adam at full resolution, NMI-gated."""
-    pair = load_dataset(task).split("val")[2]
+    pair = load_dataset(task).split("val")[1]  # chosen at texture contrast 0.39 (pair 2's chosen pose: under 0.25)
     fixed, moving = read_image(pair.fixed), read_image(pair.moving)
     result = register_pair(fixed, moving, FideConfig())
     assert "polish" in result.stage_affines and "polish" in result.seconds
