@@ -296,7 +296,6 @@ def _layout_pass(
 # the layout labels' NMI up to ~10 px from their global one (decoupled-patch20 pairs left 7-12 px off and `ok`; the
 # truth scored higher there, and optimising from it stayed within 2.3 px)
 _SHIFT_REACH_PX, _SHIFT_STEP_PX, _SHIFT_FINE_PX = 16, 4, 3
-_SHIFT_BATCH = 16  # poses scored together: memory of the warped label maps' soft level sets
 
 
 def _shift_search(
@@ -310,11 +309,7 @@ def _shift_search(
 
     def best_of(shifts: list[tuple[int, int]]) -> tuple[int, int]:
         moved = torch.stack([affine @ _translation(dy * unit, dx * unit).to(affine) for dy, dx in shifts])
-        scores = []
-        for chunk in working.down(moved).split(_SHIFT_BATCH):
-            disp = geometry.affine_to_disp(chunk.to(working.fixed_features), working.shape)
-            scores.append(label_nmi(loss, working.fixed_labels, working.moving_labels, disp))
-        return shifts[int(torch.cat(scores).argmax())]
+        return shifts[int(_working_nmis(loss, working, moved).argmax())]
 
     steps = range(-_SHIFT_REACH_PX, _SHIFT_REACH_PX + 1, _SHIFT_STEP_PX)
     cy, cx = best_of([(dy, dx) for dy in steps for dx in steps])
@@ -352,10 +347,22 @@ def _refine_if_nmi_rises(
     return (refined, refined_quality) if refined_quality > quality else (affine, quality)
 
 
+# poses scored together at a working level: memory of the warped label maps' soft level sets (the shift search
+# scores 130 poses at 384 px)
+_WORKING_BATCH = 16
+
+
+def _working_nmis(loss: LabelNMILoss, working: WorkingPair, affines: torch.Tensor) -> torch.Tensor:
+    """Label NMI at ``working``'s level of (B, 3, 3) full-resolution affines: (B,)."""
+    scores = []
+    for chunk in working.down(affines).split(_WORKING_BATCH):
+        disp = geometry.affine_to_disp(chunk.to(working.fixed_features), working.shape)
+        scores.append(label_nmi(loss, working.fixed_labels, working.moving_labels, disp))
+    return torch.cat(scores)
+
+
 def _working_nmi(loss: LabelNMILoss, working: WorkingPair, affine: torch.Tensor) -> float:
-    level = working.down(affine)[None]
-    disp = geometry.affine_to_disp(level.to(working.fixed_features), working.shape)
-    return float(label_nmi(loss, working.fixed_labels, working.moving_labels, disp)[0])
+    return float(_working_nmis(loss, working, affine[None])[0])
 
 
 def _screen(
