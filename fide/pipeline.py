@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from fide import geometry
-from fide.config import REFERENCE_SIDE_PX, FideConfig, OptimiseConfig
+from fide.config import FideConfig
 from fide.decision import Decision, PoseEvidence, decide, judge_refined
 from fide.features import ModalityEncoders
 from fide.optimise.deformable import optimise_deformable
 from fide.optimise.instance import label_nmi, optimise_affine
 from fide.optimise.losses import LabelNMILoss
 from fide.pair import FeatureFn, PairInputs, handcrafted_features, measure_evidence, prepare_inputs
-from fide.prealign.fibre_texture import POLISH_LEARNING_RATE
 from fide.prealign.fibres import fibre_search
 from fide.prealign.prealign import fixed_keypoints, prealign_affine
 from fide.prealign.search import search_layout, search_mirrors, search_similarity
+from fide.precision import finish_pose
 from fide.preprocess.working import WorkingPair
 
 __all__ = ["RegistrationResult", "register_pair", "FeatureFn", "handcrafted_features"]
@@ -133,7 +132,7 @@ def register_pair(
         clock.lap("layout search")
     best = evidence[decision.index]
     stage_affines["affine"] = best.affine
-    final = _finish(inputs, best, cfg, clock, stage_affines)
+    final = finish_pose(inputs, best, cfg, clock.lap, stage_affines)
     return _result(inputs, final.affine, [*evidence, final], cfg, clock, stage_affines, notes, chosen=decision)
 
 
@@ -197,47 +196,12 @@ def _fibre_fallback(
     return evidence, updated, f"fibre fallback {kept}: texture contrast {evidence[-1].contrast:.3f}"
 
 
-def _finish(
-    inputs: PairInputs, chosen: PoseEvidence, cfg: FideConfig, clock: _Clock, stage_affines: dict[str, torch.Tensor]
-) -> PoseEvidence:
-    """The chosen pose's last precision steps: where the fibre texture does not recognise the pose, the affine
-    optimisation again without its LNCC phase; NMI at ``fine_size_px``; then the fibre texture at full resolution
-    where it recognises the pose (a texture it does not recognise would be fitted to noise)."""
-    opt = cfg.optimise
-    affine, quality = chosen.affine, chosen.nmi
-    texture = inputs.texture()
-    sharp = math.isfinite(chosen.contrast) and chosen.contrast >= cfg.confidence.texture_mid
-    if texture is not None and not sharp and opt.lncc_iterations > 0:
-        affine, quality = _shift_search(inputs, opt, affine, quality)
-        affine, quality = _layout_pass(inputs, opt, affine, quality)
-        stage_affines["layout"] = affine
-        clock.lap("layout")
-    if min(opt.fine_size_px, max(inputs.fixed.shape)) > opt.size_px and opt.fine_iterations > 0:
-        affine, quality = _fine_pass(inputs, opt, affine, quality)
-        stage_affines["fine"] = affine
-        clock.lap("fine")
-    if texture is not None and sharp and cfg.fibres.polish_iterations > 0:
-        start = texture.score(affine)
-        refined, score = texture.polish(affine, cfg.fibres.polish_iterations, POLISH_LEARNING_RATE)
-        logger.debug("polish: texture %.4f -> %.4f", start, score)
-        if score > start and geometry.same_pose(refined, affine, inputs.fixed.shape, _POLISH_REACH):
-            affine = refined
-        stage_affines["polish"] = affine
-        clock.lap("polish")
-    return measure_evidence(inputs, [affine], "final", cfg)[0]
-
-
 # the screening of search candidates: a short NMI polish at this size and step count
 SCREEN_SIZE_PX = 128
 SCREEN_ITERATIONS = 15
 # fide: a restart is only spent on a start whose screening NMI is at least this fraction of the best one (the
 # others are false basins: on synthetic validation the true pose screened >= 0.95 x best, false ones <= 0.75 x)
 RESTART_KEEP_RATIO = 0.85
-FINE_LEARNING_RATE = 3e-2  # fide: Adam step of the last NMI-only pass at OptimiseConfig.fine_size_px
-# the texture polish moves a recognised pose by a fraction of a pixel; a fit that ran further is not kept. No NMI
-# guard: the layout label maps' optimum lies ~1 px off the fibres' (a 1 % guard rejected right polishes and left hard
-# development pairs at 1.4-1.7 px instead of 0.5)
-_POLISH_REACH = 0.01
 
 
 def _result(
@@ -281,74 +245,7 @@ def _result(
     )
 
 
-def _layout_pass(
-    inputs: PairInputs, opt: OptimiseConfig, affine: torch.Tensor, quality: float
-) -> tuple[torch.Tensor, float]:
-    """The affine optimisation from the chosen pose on the label maps' NMI only. The LNCC phase correlates feature
-    maps of the fibre texture: where the SHG's fibres do not match the bright field's it pulls the pose off the
-    layout's optimum (decoupled development pairs: 2.9 / 5.9 px -> 0.5 / 1.7 px on two of three)."""
-    schedule = dataclasses.replace(opt, lncc_iterations=0)
-    return _refine_if_nmi_rises(inputs, opt.size_px, schedule, affine, quality, "layout pass")
-
-
-# the shift search around a pose the texture does not recognise: a coarse grid, then 1 px steps around its best,
-# full-resolution pixels at 834 px. Where the fibres do not match, the affine optimisation stops in a local optimum of
-# the layout labels' NMI up to ~10 px from their global one (decoupled-patch20 pairs left 7-12 px off and `ok`; the
-# truth scored higher there, and optimising from it stayed within 2.3 px)
-_SHIFT_REACH_PX, _SHIFT_STEP_PX, _SHIFT_FINE_PX = 16, 4, 3
-
-
-def _shift_search(
-    inputs: PairInputs, opt: OptimiseConfig, affine: torch.Tensor, quality: float
-) -> tuple[torch.Tensor, float]:
-    """The chosen pose shifted over a grid of fixed-grid translations, scored by label NMI at ``fine_size_px``;
-    the best is kept only if full-resolution NMI rises."""
-    working = inputs.working(opt.fine_size_px)
-    loss = LabelNMILoss(inputs.num_labels)
-    unit = max(inputs.fixed.shape) / REFERENCE_SIDE_PX
-
-    def best_of(shifts: list[tuple[int, int]]) -> tuple[int, int]:
-        moved = torch.stack([affine @ _translation(dy * unit, dx * unit).to(affine) for dy, dx in shifts])
-        return shifts[int(_working_nmis(loss, working, moved).argmax())]
-
-    steps = range(-_SHIFT_REACH_PX, _SHIFT_REACH_PX + 1, _SHIFT_STEP_PX)
-    cy, cx = best_of([(dy, dx) for dy in steps for dx in steps])
-    fine = range(-_SHIFT_FINE_PX, _SHIFT_FINE_PX + 1)
-    dy, dx = best_of([(cy + y, cx + x) for y in fine for x in fine])
-    shifted = affine @ _translation(dy * unit, dx * unit).to(affine)
-    shifted_quality = inputs.quality(shifted)
-    logger.debug("shift search: (%d, %d) px, full-resolution NMI %.4f -> %.4f", dy, dx, quality, shifted_quality)
-    return (shifted, shifted_quality) if shifted_quality > quality else (affine, quality)
-
-
-def _translation(dy: float, dx: float) -> torch.Tensor:
-    shift = torch.eye(3)
-    shift[0, 2], shift[1, 2] = dy, dx
-    return shift
-
-
-def _fine_pass(
-    inputs: PairInputs, opt: OptimiseConfig, affine: torch.Tensor, quality: float
-) -> tuple[torch.Tensor, float]:
-    """NMI-only refinement of the selected affine at ``fine_size_px``."""
-    schedule = dataclasses.replace(
-        opt, lncc_iterations=0, nmi_iterations=opt.fine_iterations, levels=1, learning_rate=FINE_LEARNING_RATE
-    )
-    return _refine_if_nmi_rises(inputs, opt.fine_size_px, schedule, affine, quality, "fine pass")
-
-
-def _refine_if_nmi_rises(
-    inputs: PairInputs, size_px: int, schedule: OptimiseConfig, affine: torch.Tensor, quality: float, name: str
-) -> tuple[torch.Tensor, float]:
-    """``affine`` optimised at ``size_px`` with ``schedule``, kept only if full-resolution NMI rises."""
-    refined = optimise_affine(inputs.working(size_px), affine, schedule)[0][0]
-    refined_quality = inputs.quality(refined)
-    logger.debug("%s: full-resolution NMI %.4f -> %.4f", name, quality, refined_quality)
-    return (refined, refined_quality) if refined_quality > quality else (affine, quality)
-
-
-# poses scored together at a working level: memory of the warped label maps' soft level sets (the shift search
-# scores 130 poses at 384 px)
+# poses scored together at a working level: memory of the warped label maps' soft level sets
 _WORKING_BATCH = 16
 
 

@@ -127,6 +127,20 @@ def test_compose_affine_order():
     assert torch.allclose(both, geometry.apply_affine_to_points(shift, geometry.apply_affine_to_points(rot, point)))
 
 
+def test_shift_pose_moves_the_fixed_point_before_the_affine_and_scales_between_levels():
+    """p -> A (p + t), batched; a shift of t level pixels is t / factor full-resolution pixels (PairLevel.up)."""
+    affines = torch.tensor([[[0.8, 0.3, 2.0], [-0.3, 0.8, 1.0], [0, 0, 1]], [[0.0, -1, 4], [1, 0, 0], [0, 0, 1]]])
+    shifts = torch.tensor([[1.5, -2.0], [0.0, 3.0]])
+    points = torch.tensor([[4.0, 7.0], [0.0, 1.0]])
+    moved = geometry.shift_pose(affines, shifts)
+    for affine, shift, pose in zip(affines, shifts, moved):
+        expected = geometry.apply_affine_to_points(affine, points + shift)
+        assert torch.allclose(geometry.apply_affine_to_points(pose, points), expected)
+    level = geometry.PairLevel.between(((41, 61), (41, 61)), ((21, 31), (21, 31)))
+    full = level.up(geometry.shift_pose(level.down(affines[0]), shifts[0]))
+    assert torch.allclose(full, geometry.shift_pose(affines[0], shifts[0] * 2), atol=1e-5)  # factor 1/2 each axis
+
+
 @pytest.mark.parametrize("shape", [(21, 31), (40, 17)])
 def test_resize_disp_and_rescale_affine_agree(shape):
     affine = torch.tensor([[0.8, 0.3, 2.0], [-0.3, 0.8, 1.0], [0, 0, 1]])

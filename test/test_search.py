@@ -155,17 +155,3 @@ def test_layout_search_uses_finer_labels_and_proposes_more_distinct_poses(pair12
     points = geometry.identity_grid((128, 128))[:, 24:-24:8, 24:-24:8].reshape(2, -1).T
     error = geometry.apply_affine_to_points(affines[0], points) - geometry.apply_affine_to_points(truth, points)
     assert float(error.norm(dim=1).mean()) < 2.0
-
-
-@pytest.mark.parametrize("size", [(40, 40), (36, 45)])
-def test_pruned_inverse_fft_equals_irfft2_at_the_kept_shifts(size):
-    """The search's correlations at shifts -S..S (both criteria) are torch's irfft2 read at those shifts."""
-    from fide.prealign.search import _correlation_at_shifts
-
-    generator = torch.Generator().manual_seed(0)
-    spectrum = torch.fft.rfft2(torch.randn(3, 2, *size, generator=generator))
-    full = torch.fft.irfft2(spectrum, s=size)
-    shifts = torch.arange(-7, 8)
-    expected = full[..., shifts % size[0], :][..., shifts % size[1]]
-    assert torch.allclose(_correlation_at_shifts(spectrum, size, 7), expected, atol=1e-5)
-    assert torch.allclose(_correlation_at_shifts(spectrum, size, None), full)

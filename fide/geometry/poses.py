@@ -12,7 +12,18 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["corner_positions", "same_pose", "distinct_poses"]
+__all__ = ["corner_positions", "same_pose", "distinct_poses", "shift_pose"]
+
+
+def shift_pose(affines: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) fixed → moving affines ``A`` moved by fixed-frame shifts (..., 2): ``p ↦ A (p + t)``, array order.
+
+    A shift found by correlating on the fixed grid is one of these; on a level of a pair (:class:`PairLevel`) a
+    shift of ``t`` level pixels is ``t / fixed_factors`` full-resolution pixels.
+    """
+    shifted = affines.clone()
+    shifted[..., :2, 2] = shifted[..., :2, 2] + (affines[..., :2, :2] @ shifts.to(affines).unsqueeze(-1)).squeeze(-1)
+    return shifted
 
 
 def corner_positions(affines: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

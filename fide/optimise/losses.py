@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["LabelNMILoss", "soft_level_sets", "joint_label_histogram", "FixedImageLNCC"]
+__all__ = ["LabelNMILoss", "nmi_of_joint", "soft_level_sets", "joint_label_histogram", "FixedImageLNCC"]
 
 
 def soft_level_sets(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -70,6 +70,17 @@ def joint_label_histogram(
     return joint.view(batch, num_labels, num_labels)
 
 
+def nmi_of_joint(joint: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """NMI = (H_A + H_B) / H_AB - 1 in [0, 1] of (..., Qa, Qb) joint label counts (any scale): (...,)."""
+    joint = joint / joint.sum((-2, -1), keepdim=True).clamp(min=eps)
+
+    def entropy(p: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        return -(p * torch.log(p + eps)).sum(dims)
+
+    h_joint = entropy(joint, (-2, -1))
+    return ((entropy(joint.sum(-1), (-1,)) + entropy(joint.sum(-2), (-1,))) / h_joint.clamp(min=eps) - 1).clamp(0, 1)
+
+
 class LabelNMILoss(nn.Module):
     """``1 - NMI`` of two label maps inside a mask, NMI = (H_A + H_B) / H_AB - 1 in [0, 1] (log base irrelevant).
 
@@ -94,15 +105,7 @@ class LabelNMILoss(nn.Module):
                 f"pred, target and mask must share (B, 1, H, W), got {tuple(pred.shape)}, "
                 f"{tuple(target.shape)}, {tuple(mask.shape)}"
             )
-        joint = joint_label_histogram(pred, target, mask, self.num_labels)
-        joint = joint / joint.sum((1, 2), keepdim=True).clamp(min=self.eps)
-        pa, pb = joint.sum(2), joint.sum(1)
-
-        def entropy(p: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-            return -(p * torch.log(p + self.eps)).sum(dims)
-
-        h_joint = entropy(joint, (1, 2))
-        return ((entropy(pa, (1,)) + entropy(pb, (1,))) / h_joint.clamp(min=self.eps) - 1).clamp(0, 1)
+        return nmi_of_joint(joint_label_histogram(pred, target, mask, self.num_labels), self.eps)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (1 - self.nmi(pred, target, mask)).mean()

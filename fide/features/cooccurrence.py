@@ -1,0 +1,48 @@
+"""How often each pair of labels meets, for every translation at once (FFT cross-correlations).
+
+The joint label counts of two maps at every shift are ``K_a x K_b`` cross-correlations of their (one-hot or soft)
+level sets: the global search's cross mutual information (CMIF, Öfverstedt et al., Pattern Recognit. Lett. 2022)
+and the precision steps' shift search both read them here. Own code: no library gives correlations at a window of
+shifts only, which is where the entropies are evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["correlation_at_shifts", "joint_counts_at_shifts"]
+
+
+def correlation_at_shifts(spectrum: torch.Tensor, size: Sequence[int], max_shift: int | None) -> torch.Tensor:
+    """Inverse real FFT of (..., N, M/2+1) cross spectra on an (N, M) canvas, at shifts -max_shift .. max_shift
+    along each axis only: (..., S, S); the whole (..., N, M) canvas when ``max_shift`` is None.
+
+    Transformed along the first axis, cut to the kept rows, then along the second (exactly irfft2's values): the
+    search keeps a third of the canvas's rows, and torch's irfft2 took 2.3x as long on its 96 px canvases.
+    """
+    if max_shift is None:
+        return torch.fft.irfft2(spectrum, s=tuple(size))
+    shifts = torch.arange(-max_shift, max_shift + 1, device=spectrum.device)
+    rows = torch.fft.ifft(spectrum, dim=-2).index_select(-2, shifts % size[0])
+    return torch.fft.irfft(rows, n=size[1], dim=-1).index_select(-1, shifts % size[1])
+
+
+def joint_counts_at_shifts(fixed_sets: torch.Tensor, moving_sets: torch.Tensor, max_shift: int | None) -> torch.Tensor:
+    """Joint label counts ``sum_q fixed_a(q) moving_b(q + t)`` for every shift t.
+
+    Args:
+        fixed_sets: (Ka, N, M) fixed level sets on the canvas (zero where a pixel must not count).
+        moving_sets: (B, Kb, N, M) moving level sets of B poses on the same canvas (weights folded in).
+        max_shift: keep shifts |t_i|, |t_j| <= max_shift (the rest wrap around the canvas: pad by it).
+
+    Returns:
+        (B, Ka, Kb, S, S) counts (clamped at 0 against FFT rounding) for t = -max_shift .. max_shift along each
+        axis, S = 2 max_shift + 1; (B, Ka, Kb, N, M) indexed modulo the canvas when ``max_shift`` is None.
+    """
+    size = fixed_sets.shape[-2:]
+    fixed_f = torch.fft.rfft2(fixed_sets)  # (Ka, N, M/2+1)
+    moving_f = torch.fft.rfft2(moving_sets)  # (B, Kb, N, M/2+1)
+    cross = fixed_f.conj()[None, :, None] * moving_f[:, None, :]  # (B, Ka, Kb, N, M/2+1)
+    return correlation_at_shifts(cross, size, max_shift).clamp(min=0)
