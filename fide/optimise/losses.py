@@ -73,12 +73,13 @@ def joint_label_histogram(
 def nmi_of_joint(joint: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """NMI = (H_A + H_B) / H_AB - 1 in [0, 1] of (..., Qa, Qb) joint label counts (any scale): (...,)."""
     joint = joint / joint.sum((-2, -1), keepdim=True).clamp(min=eps)
+    marginal_a, marginal_b = joint.sum(-1), joint.sum(-2)
 
     def entropy(p: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         return -(p * torch.log(p + eps)).sum(dims)
 
     h_joint = entropy(joint, (-2, -1))
-    return ((entropy(joint.sum(-1), (-1,)) + entropy(joint.sum(-2), (-1,))) / h_joint.clamp(min=eps) - 1).clamp(0, 1)
+    return ((entropy(marginal_a, (-1,)) + entropy(marginal_b, (-1,))) / h_joint.clamp(min=eps) - 1).clamp(0, 1)
 
 
 class LabelNMILoss(nn.Module):
