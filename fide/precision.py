@@ -90,14 +90,32 @@ def shift_search(inputs: PairInputs, size_px: int, affine: torch.Tensor, quality
     reach = math.ceil(_SHIFT_REACH_PX * max(working.shape) / REFERENCE_SIDE_PX)
     level_affine = working.down(affine.to(working.fixed_labels))
     nmi = shift_nmis(working, level_affine, reach, inputs.num_labels)
-    best, side = int(nmi.flatten().argmax()), 2 * reach + 1
-    shift = level_affine.new_tensor([best // side - reach, best % side - reach])
+    shift = _peak(nmi) - reach
     shifted = working.up(geometry.shift_pose(level_affine, shift)).to(affine)
     shifted_quality = inputs.quality(shifted)
     logger.debug(
         "shift search: %s px at %d, full-resolution NMI %.4f -> %.4f", shift.tolist(), size_px, quality, shifted_quality
     )
     return (shifted, shifted_quality) if shifted_quality > quality else (affine, quality)
+
+
+def _peak(scores: torch.Tensor) -> torch.Tensor:
+    """Position (2,) of the maximum of an (S, S) map, refined between pixels by a parabola through it and its two
+    neighbours along each axis (whole pixels at ``fine_size_px`` are ~2 px at 834)."""
+    side = scores.shape[0]
+    index = int(scores.flatten().argmax())
+    peak = [index // side, index % side]
+    position = scores.new_tensor(peak, dtype=torch.float64)
+    for axis in range(2):
+        if 0 < peak[axis] < side - 1:
+            before, after = list(peak), list(peak)
+            before[axis] -= 1
+            after[axis] += 1
+            low, mid, high = (float(scores[tuple(p)]) for p in (before, peak, after))
+            curvature = low - 2 * mid + high
+            if curvature < 0:
+                position[axis] += 0.5 * (low - high) / curvature
+    return position.to(scores)
 
 
 def shift_nmis(working: WorkingPair, level_affine: torch.Tensor, reach: int, num_labels: int) -> torch.Tensor:
