@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fide import geometry
 from fide.config import REFERENCE_SIDE_PX, FideConfig, OptimiseConfig
 from fide.decision import PoseEvidence
-from fide.features.cooccurrence import joint_counts_at_shifts
+from fide.features.cooccurrence import joint_counts_at_shifts, parabolic_vertex
 from fide.optimise.instance import optimise_affine
 from fide.optimise.losses import nmi_of_joint, soft_level_sets
 from fide.pair import PairInputs, measure_evidence
@@ -111,10 +111,7 @@ def _peak(scores: torch.Tensor) -> torch.Tensor:
             before, after = list(peak), list(peak)
             before[axis] -= 1
             after[axis] += 1
-            low, mid, high = (float(scores[tuple(p)]) for p in (before, peak, after))
-            curvature = low - 2 * mid + high
-            if curvature < 0:
-                position[axis] += 0.5 * (low - high) / curvature
+            position[axis] += parabolic_vertex(*(float(scores[tuple(p)]) for p in (before, peak, after)))
     return position.to(scores)
 
 

@@ -38,3 +38,14 @@ def test_joint_counts_are_the_label_cooccurrences_of_each_shift():
                 if 0 <= y < 20 and 0 <= x < 24:
                     expected[fixed_labels[i, j], moving_labels[b, y, x]] += 1
         assert torch.allclose(counts[b, :, :, dy + reach, dx + reach], expected, atol=1e-3)
+
+
+def test_parabolic_vertex_finds_the_apex_of_three_samples_and_stays_put_where_they_do_not_curve_down():
+    from fide.features.cooccurrence import parabolic_vertex
+
+    def parabola(x: float) -> float:
+        return 2.0 - 3.0 * (x - 0.3) ** 2
+
+    assert parabolic_vertex(parabola(-1), parabola(0), parabola(1)) == pytest.approx(0.3)
+    assert parabolic_vertex(1.0, 1.0, 1.0) == 0.0  # flat: no curvature
+    assert parabolic_vertex(0.0, 1.0, 2.0) == 0.0  # a straight rise is not a peak

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fide import geometry
+from fide.features.cooccurrence import parabolic_vertex
 from fide.io.microscopy import WindowReader
 from fide.preprocess.intensity import optical_density, stain_channels
 
@@ -134,13 +135,9 @@ def _peak(surface: torch.Tensor, away_px: int) -> tuple[np.ndarray, float, float
     away[max(0, i - away_px) : i + away_px + 1, max(0, j - away_px) : j + away_px + 1] = -1.0
     sharpness = peak - float(away.max())
 
-    def vertex(before: float, centre: float, after: float) -> float:
-        curvature = before - 2 * centre + after
-        return 0.0 if curvature >= 0 else float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5))
-
     centre = n // 2
-    di = vertex(float(surface[i - 1, j]), peak, float(surface[i + 1, j]))
-    dj = vertex(float(surface[i, j - 1]), peak, float(surface[i, j + 1]))
+    di = parabolic_vertex(float(surface[i - 1, j]), peak, float(surface[i + 1, j]))
+    dj = parabolic_vertex(float(surface[i, j - 1]), peak, float(surface[i, j + 1]))
     return np.array([i + di - centre, j + dj - centre]), peak, sharpness
 
 

@@ -1,4 +1,5 @@
-"""How often each pair of labels meets, for every translation at once (FFT cross-correlations).
+"""How often each pair of labels meets, for every translation at once (FFT cross-correlations), and where a score
+map over shifts peaks between its pixels.
 
 The joint label counts of two maps at every shift are ``K_a x K_b`` cross-correlations of their (one-hot or soft)
 level sets: the global search's cross mutual information (CMIF, Öfverstedt et al., Pattern Recognit. Lett. 2022)
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
-__all__ = ["correlation_at_shifts", "joint_counts_at_shifts"]
+__all__ = ["correlation_at_shifts", "joint_counts_at_shifts", "parabolic_vertex"]
 
 
 def correlation_at_shifts(spectrum: torch.Tensor, size: Sequence[int], max_shift: int | None) -> torch.Tensor:
@@ -46,3 +48,10 @@ def joint_counts_at_shifts(fixed_sets: torch.Tensor, moving_sets: torch.Tensor, 
     moving_f = torch.fft.rfft2(moving_sets)  # (B, Kb, N, M/2+1)
     cross = fixed_f.conj()[None, :, None] * moving_f[:, None, :]  # (B, Ka, Kb, N, M/2+1)
     return correlation_at_shifts(cross, size, max_shift).clamp(min=0)
+
+
+def parabolic_vertex(before: float, centre: float, after: float) -> float:
+    """Offset in [-0.5, 0.5] pixels of the apex of the parabola through three neighbouring samples of a map whose
+    maximum is ``centre`` (0 where they do not curve down): the sub-pixel refinement of a peak along one axis."""
+    curvature = before - 2 * centre + after
+    return 0.0 if curvature >= 0 else float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5))
