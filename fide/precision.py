@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +39,10 @@ _POLISH_REACH = 0.01
 # optimum of the layout labels' NMI up to ~10 px from their global one (decoupled-patch20 pairs left 7-12 px off and
 # `ok`; the truth scored higher there, and optimising from it stayed within 2.3 px)
 _SHIFT_REACH_PX = 19
+# the shift search's turns about the fixed centre, degrees. There the affine optimisation also leaves poses turned
+# 0.3-0.6° off the layout labels' optimum, which lies within ~0.1° of the truth in every decoupled regime
+# (benchmarks/criterion_peak.py; their scale optimum does not: -0.3 % on whole cores, so scale is not searched)
+_TURNS_DEG = (-0.6, -0.3, 0.0, 0.3, 0.6)
 
 
 def finish_pose(
@@ -79,24 +84,52 @@ def finish_pose(
 
 
 def shift_search(inputs: PairInputs, size_px: int, affine: torch.Tensor, quality: float) -> tuple[torch.Tensor, float]:
-    """The pose moved by the fixed-grid shift (every whole pixel at ``size_px`` within :data:`_SHIFT_REACH_PX`)
-    whose label NMI there is highest, kept only if full-resolution NMI rises above ``quality``.
+    """The pose turned about the fixed image's centre by the angle (:data:`_TURNS_DEG`) and moved by the fixed-grid
+    shift (every whole pixel at ``size_px`` within :data:`_SHIFT_REACH_PX`) whose label NMI there is highest, kept
+    only if full-resolution NMI rises above ``quality``.
 
-    The moving labels are warped once onto the fixed grid padded by the reach; the joint label counts of every
-    shift are then cross-correlations of the soft level sets (:func:`fide.features.cooccurrence`), the same NMI
-    that warping at each shifted pose gives, for the cost of one warp and a few FFTs.
+    At each angle the moving labels are warped once onto the fixed grid padded by the reach; the joint label counts
+    of every shift are then cross-correlations of the soft level sets (:func:`fide.features.cooccurrence`), the same
+    NMI that warping at each shifted pose gives, for the cost of one warp and a few FFTs. The best angle is refined
+    between the samples by a parabola, and its map's peak between pixels.
     """
     working = inputs.working(size_px)
     reach = math.ceil(_SHIFT_REACH_PX * max(working.shape) / REFERENCE_SIDE_PX)
     level_affine = working.down(affine.to(working.fixed_labels))
-    nmi = shift_nmis(working, level_affine, reach, inputs.num_labels)
+    centre = level_affine.new_tensor([(n - 1) / 2 for n in working.shape])
+    peaks = [
+        float(shift_nmis(working, _turned(level_affine, angle, centre), reach, inputs.num_labels, torch.float32).max())
+        for angle in _TURNS_DEG
+    ]
+    best = int(np.argmax(peaks))
+    step = _TURNS_DEG[1] - _TURNS_DEG[0]
+    vertex = parabolic_vertex(*peaks[best - 1 : best + 2]) if 0 < best < len(peaks) - 1 else 0.0
+    angle = _TURNS_DEG[best] + vertex * step
+    turned = _turned(level_affine, angle, centre)
+    nmi = shift_nmis(working, turned, reach, inputs.num_labels)
     shift = _peak(nmi) - reach
-    shifted = working.up(geometry.shift_pose(level_affine, shift)).to(affine)
+    shifted = working.up(geometry.shift_pose(turned, shift)).to(affine)
     shifted_quality = inputs.quality(shifted)
     logger.debug(
-        "shift search: %s px at %d, full-resolution NMI %.4f -> %.4f", shift.tolist(), size_px, quality, shifted_quality
+        "shift search: %.2f°, %s px at %d, full-resolution NMI %.4f -> %.4f",
+        angle,
+        shift.tolist(),
+        size_px,
+        quality,
+        shifted_quality,
     )
     return (shifted, shifted_quality) if shifted_quality > quality else (affine, quality)
+
+
+def _turned(level_affine: torch.Tensor, angle_deg: float, centre: torch.Tensor) -> torch.Tensor:
+    """``level_affine`` after a turn by ``angle_deg`` about ``centre`` (2,) of the fixed level grid (exactly
+    ``level_affine`` at 0)."""
+    if angle_deg == 0.0:
+        return level_affine
+    turn = geometry.similarity_matrix(
+        torch.deg2rad(level_affine.new_tensor([angle_deg])), level_affine.new_ones(1), centre, centre
+    )[0]
+    return level_affine @ turn
 
 
 def _peak(scores: torch.Tensor) -> torch.Tensor:
@@ -115,9 +148,19 @@ def _peak(scores: torch.Tensor) -> torch.Tensor:
     return position.to(scores)
 
 
-def shift_nmis(working: WorkingPair, level_affine: torch.Tensor, reach: int, num_labels: int) -> torch.Tensor:
+def shift_nmis(
+    working: WorkingPair,
+    level_affine: torch.Tensor,
+    reach: int,
+    num_labels: int,
+    counts_dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """Label NMI at ``working``'s level of the (3, 3) level-pixel pose moved by every fixed-grid shift t in
-    ``-reach .. reach`` along each axis: (S, S), S = 2 reach + 1, entry [i, j] for t = (i - reach, j - reach)."""
+    ``-reach .. reach`` along each axis: (S, S), S = 2 reach + 1, entry [i, j] for t = (i - reach, j - reach).
+
+    ``counts_dtype``: float64 where neighbouring shifts are compared (their NMIs differ by ~10^-4 over counts of
+    ~10^5 pixels); float32 (~0.6x the time) is enough to compare maps' maxima, which differ by more.
+    """
     height, width = working.shape
     canvas = (height + 2 * reach, width + 2 * reach)
     from_canvas = geometry.shift_pose(level_affine, level_affine.new_tensor([-reach, -reach]))
@@ -125,8 +168,7 @@ def shift_nmis(working: WorkingPair, level_affine: torch.Tensor, reach: int, num
     warped = geometry.warp(working.moving_labels, disp)
     moving_sets = soft_level_sets(warped, num_labels) * geometry.overlap_mask(working.moving_labels, disp)
     fixed_sets = F.pad(soft_level_sets(working.fixed_labels, num_labels), (reach,) * 4)[0]
-    # float64: the counts run to ~10^5 pixels and neighbouring shifts' NMIs differ by ~10^-4
-    joint = joint_counts_at_shifts(fixed_sets.double(), moving_sets.double(), reach)[0]  # (K, K, S, S)
+    joint = joint_counts_at_shifts(fixed_sets.to(counts_dtype), moving_sets.to(counts_dtype), reach)[0]  # (K, K, S, S)
     return nmi_of_joint(joint.permute(2, 3, 0, 1)).to(level_affine)
 
 

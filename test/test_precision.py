@@ -62,7 +62,19 @@ def test_shift_search_brings_a_pose_stuck_beside_the_layout_optimum_back_and_nev
     far[0, 2] = 40 * unit  # beyond the reach: moved toward the truth by at most the reach, never past it
     moved_far, _ = shift_search(inputs, size_px, far, inputs.quality(far))
     reach_px = 8  # 19 px at 834 in whole pixels of the 320 px working level (its full resolution)
-    assert 0 < float(far[0, 2] - moved_far[0, 2]) <= reach_px + 1e-4
+    centre = torch.tensor([159.5, 159.5, 1.0])  # turns are about it: it moves by the shift alone
+    assert 0 < float((far @ centre - moved_far @ centre)[0]) <= reach_px + 1e-4
+
+
+def test_shift_search_turns_a_pose_back_to_the_layout_optimum(decoupled_core):
+    """A pose turned 0.4° off the truth (its corners ~1.6 px off at 320 px) comes back within 0.15°."""
+    inputs, size_px = decoupled_core, FideConfig().optimise.fine_size_px
+    centre = torch.tensor([159.5, 159.5])
+    start = geometry.similarity_matrix(torch.deg2rad(torch.tensor([0.4])), torch.ones(1), centre, centre)[0]
+    turned, quality = shift_search(inputs, size_px, start, inputs.quality(start))
+    assert quality > inputs.quality(start)
+    angle = torch.rad2deg(torch.atan2(turned[1, 0] - turned[0, 1], turned[0, 0] + turned[1, 1]))
+    assert abs(float(angle)) < 0.15
 
 
 def test_layout_pass_runs_where_the_texture_is_silent_and_never_lowers_the_nmi(task):
