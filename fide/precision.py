@@ -1,5 +1,5 @@
-"""The chosen pose's last precision steps: a shift search and a layout pass where the fibre texture is silent, NMI
-at ``fine_size_px``, and the texture polish where the texture recognises the pose.
+"""The chosen pose's last precision steps: a turn and shift search and a layout pass where the fibre texture is
+silent, NMI at ``fine_size_px``, and the texture polish where the texture recognises the pose.
 
 Each step starts from the pose the decision (:mod:`fide.decision`) chose and keeps its result only where the
 full-resolution label NMI rises (the polish excepted, see :data:`_POLISH_REACH`); none of them chooses among poses.
@@ -55,9 +55,9 @@ def finish_pose(
     """The chosen pose after the precision steps, measured on all the evidence; each step's affine goes into
     ``stage_affines`` and its time to ``lap(name)``.
 
-    Where the fibre texture does not recognise the pose: the shift search and the affine optimisation again without
-    its LNCC phase; NMI at ``fine_size_px``; then the fibre texture at full resolution where it recognises the pose
-    (a texture it does not recognise would be fitted to noise).
+    Where the fibre texture does not recognise the pose: the turn and shift search and the affine optimisation again
+    without its LNCC phase; NMI at ``fine_size_px``; then the fibre texture at full resolution where it recognises the
+    pose (a texture it does not recognise would be fitted to noise).
     """
     opt = cfg.optimise
     affine, quality = chosen.affine, chosen.nmi
