@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fide
 from fide import geometry  # noqa: E402
 from fide.config import REFERENCE_SIDE_PX, FideConfig  # noqa: E402
-from fide.features.cooccurrence import parabolic_vertex  # noqa: E402
+from fide.features.cooccurrence import parabolic_vertex, peak_position  # noqa: E402
 from fide.io import read_disp  # noqa: E402
 from fide.pair import PairInputs, prepare_inputs  # noqa: E402
 from fide.precision import shift_nmis  # noqa: E402
@@ -59,15 +59,8 @@ def criterion_peak(inputs: PairInputs, affine: torch.Tensor, size_px: int) -> di
         offset = parabolic_vertex(*values[i - 1 : i + 2]) if 0 < i < len(values) - 1 else 0.0
         return float(grid[i] + offset * (grid[1] - grid[0]))
 
-    shifts = nmi_map(0.0, 1.0)
-    side = shifts.shape[0]
-    i, j = divmod(int(shifts.flatten().argmax()), side)
-    offsets = [
-        parabolic_vertex(*(float(shifts[k, j]) for k in (i - 1, i, i + 1))) if 0 < i < side - 1 else 0.0,
-        parabolic_vertex(*(float(shifts[i, k]) for k in (j - 1, j, j + 1))) if 0 < j < side - 1 else 0.0,
-    ]
     factor = max(inputs.fixed.shape) / max(working.shape)
-    shift = math.hypot(i - reach + offsets[0], j - reach + offsets[1]) * factor
+    shift = float((peak_position(nmi_map(0.0, 1.0)) - reach).norm()) * factor
     steps = np.arange(-STEPS, STEPS + 1)
     angles = steps * ANGLE_STEP_DEG
     angle = best([float(nmi_map(float(a), 1.0).max()) for a in angles], angles)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from fide import geometry
 from fide.config import REFERENCE_SIDE_PX, FideConfig, OptimiseConfig
 from fide.decision import PoseEvidence
-from fide.features.cooccurrence import joint_counts_at_shifts, parabolic_vertex
+from fide.features.cooccurrence import joint_counts_at_shifts, parabolic_vertex, peak_position
 from fide.optimise.instance import optimise_affine
 from fide.optimise.losses import nmi_of_joint, soft_level_sets
 from fide.pair import PairInputs, measure_evidence
@@ -107,7 +107,7 @@ def shift_search(inputs: PairInputs, size_px: int, affine: torch.Tensor, quality
     angle = _TURNS_DEG[best] + vertex * step
     turned = _turned(level_affine, angle, centre)
     nmi = shift_nmis(working, turned, reach, inputs.num_labels)
-    shift = _peak(nmi) - reach
+    shift = peak_position(nmi) - reach
     shifted = working.up(geometry.shift_pose(turned, shift)).to(affine)
     shifted_quality = inputs.quality(shifted)
     logger.debug(
@@ -130,22 +130,6 @@ def _turned(level_affine: torch.Tensor, angle_deg: float, centre: torch.Tensor) 
         torch.deg2rad(level_affine.new_tensor([angle_deg])), level_affine.new_ones(1), centre, centre
     )[0]
     return level_affine @ turn
-
-
-def _peak(scores: torch.Tensor) -> torch.Tensor:
-    """Position (2,) of the maximum of an (S, S) map, refined between pixels by a parabola through it and its two
-    neighbours along each axis (whole pixels at ``fine_size_px`` are ~2 px at 834)."""
-    side = scores.shape[0]
-    index = int(scores.flatten().argmax())
-    peak = [index // side, index % side]
-    position = scores.new_tensor(peak, dtype=torch.float64)
-    for axis in range(2):
-        if 0 < peak[axis] < side - 1:
-            before, after = list(peak), list(peak)
-            before[axis] -= 1
-            after[axis] += 1
-            position[axis] += parabolic_vertex(*(float(scores[tuple(p)]) for p in (before, peak, after)))
-    return position.to(scores)
 
 
 def shift_nmis(

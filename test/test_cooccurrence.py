@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fide.features.cooccurrence import correlation_at_shifts, joint_counts_at_shifts
+from fide.features.cooccurrence import correlation_at_shifts, joint_counts_at_shifts, peak_position
 
 
 @pytest.mark.parametrize("size", [(40, 40), (36, 45)])
@@ -49,3 +49,13 @@ def test_parabolic_vertex_finds_the_apex_of_three_samples_and_stays_put_where_th
     assert parabolic_vertex(parabola(-1), parabola(0), parabola(1)) == pytest.approx(0.3)
     assert parabolic_vertex(1.0, 1.0, 1.0) == 0.0  # flat: no curvature
     assert parabolic_vertex(0.0, 1.0, 2.0) == 0.0  # a straight rise is not a peak
+
+
+def test_the_shift_peak_is_refined_between_pixels_and_stays_whole_at_the_map_edge():
+    """A paraboloid sampled on whole pixels gives back its apex; a maximum on the map's edge is not extrapolated."""
+    grid = torch.arange(7, dtype=torch.float32)
+    apex = torch.tensor([3.3, 2.6])
+    scores = -((grid[:, None] - apex[0]) ** 2) - 0.5 * (grid[None, :] - apex[1]) ** 2
+    assert torch.allclose(peak_position(scores), apex, atol=1e-4)
+    edge = -((grid[:, None] - 0.0) ** 2) - (grid[None, :] - 3.0) ** 2
+    assert torch.equal(peak_position(edge), torch.tensor([0.0, 3.0]))

@@ -94,15 +94,3 @@ def test_layout_pass_runs_where_the_texture_is_silent_and_never_lowers_the_nmi(t
     assert laps == ["layout"]  # at 256 px the fine pass has no finer level than the working size
     assert inputs.quality(stages["layout"]) >= silent.nmi
     assert final.nmi > silent.nmi
-
-
-def test_the_shift_peak_is_refined_between_pixels_and_stays_whole_at_the_map_edge():
-    """A paraboloid sampled on whole pixels gives back its apex; a maximum on the map's edge is not extrapolated."""
-    from fide.precision import _peak
-
-    grid = torch.arange(7, dtype=torch.float32)
-    apex = torch.tensor([3.3, 2.6])
-    scores = -((grid[:, None] - apex[0]) ** 2) - 0.5 * (grid[None, :] - apex[1]) ** 2
-    assert torch.allclose(_peak(scores), apex, atol=1e-4)
-    edge = -((grid[:, None] - 0.0) ** 2) - (grid[None, :] - 3.0) ** 2
-    assert torch.equal(_peak(edge), torch.tensor([0.0, 3.0]))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["correlation_at_shifts", "joint_counts_at_shifts", "parabolic_vertex"]
+__all__ = ["correlation_at_shifts", "joint_counts_at_shifts", "parabolic_vertex", "peak_position"]
 
 
 def correlation_at_shifts(spectrum: torch.Tensor, size: Sequence[int], max_shift: int | None) -> torch.Tensor:
@@ -55,3 +55,19 @@ def parabolic_vertex(before: float, centre: float, after: float) -> float:
     maximum is ``centre`` (0 where they do not curve down): the sub-pixel refinement of a peak along one axis."""
     curvature = before - 2 * centre + after
     return 0.0 if curvature >= 0 else float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5))
+
+
+def peak_position(scores: torch.Tensor) -> torch.Tensor:
+    """Position (2,) of the maximum of an (S, S) map, refined between pixels by a parabola through it and its two
+    neighbours along each axis (the shift search's whole pixels at 384 px are ~2 px at 834)."""
+    side = scores.shape[0]
+    index = int(scores.flatten().argmax())
+    peak = [index // side, index % side]
+    position = scores.new_tensor(peak, dtype=torch.float64)
+    for axis in range(2):
+        if 0 < peak[axis] < side - 1:
+            before, after = list(peak), list(peak)
+            before[axis] -= 1
+            after[axis] += 1
+            position[axis] += parabolic_vertex(*(float(scores[tuple(p)]) for p in (before, peak, after)))
+    return position.to(scores)
