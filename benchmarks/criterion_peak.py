@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fide
 from fide import geometry  # noqa: E402
 from fide.config import REFERENCE_SIDE_PX, FideConfig  # noqa: E402
-from fide.features.cooccurrence import parabolic_vertex, peak_position  # noqa: E402
+from fide.features.cooccurrence import peak_position, sampled_peak  # noqa: E402
 from fide.io import read_disp  # noqa: E402
 from fide.pair import PairInputs, prepare_inputs  # noqa: E402
 from fide.precision import shift_nmis  # noqa: E402
@@ -54,18 +54,13 @@ def criterion_peak(inputs: PairInputs, affine: torch.Tensor, size_px: int) -> di
         )[0]
         return shift_nmis(working, base @ local, reach, inputs.num_labels)
 
-    def best(values: list[float], grid: np.ndarray) -> float:
-        i = int(np.argmax(values))
-        offset = parabolic_vertex(*values[i - 1 : i + 2]) if 0 < i < len(values) - 1 else 0.0
-        return float(grid[i] + offset * (grid[1] - grid[0]))
-
     factor = max(inputs.fixed.shape) / max(working.shape)
     shift = float((peak_position(nmi_map(0.0, 1.0)) - reach).norm()) * factor
     steps = np.arange(-STEPS, STEPS + 1)
     angles = steps * ANGLE_STEP_DEG
-    angle = best([float(nmi_map(float(a), 1.0).max()) for a in angles], angles)
+    angle = sampled_peak([float(nmi_map(float(a), 1.0).max()) for a in angles], angles)
     log_scales = steps * math.log1p(SCALE_STEP)
-    scale = math.exp(best([float(nmi_map(angle, math.exp(s)).max()) for s in log_scales], log_scales))
+    scale = math.exp(sampled_peak([float(nmi_map(angle, math.exp(s)).max()) for s in log_scales], log_scales))
     return {"shift_px": shift, "angle_deg": angle, "scale": scale}
 
 

@@ -12,14 +12,13 @@ import logging
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fide import geometry
 from fide.config import REFERENCE_SIDE_PX, FideConfig, OptimiseConfig
 from fide.decision import PoseEvidence
-from fide.features.cooccurrence import joint_counts_at_shifts, parabolic_vertex, peak_position
+from fide.features.cooccurrence import joint_counts_at_shifts, peak_position, sampled_peak
 from fide.optimise.instance import optimise_affine
 from fide.optimise.losses import nmi_of_joint, soft_level_sets
 from fide.pair import PairInputs, measure_evidence
@@ -101,10 +100,7 @@ def shift_search(inputs: PairInputs, size_px: int, affine: torch.Tensor, quality
         float(shift_nmis(working, _turned(level_affine, angle, centre), reach, inputs.num_labels, torch.float32).max())
         for angle in _TURNS_DEG
     ]
-    best = int(np.argmax(peaks))
-    step = _TURNS_DEG[1] - _TURNS_DEG[0]
-    vertex = parabolic_vertex(*peaks[best - 1 : best + 2]) if 0 < best < len(peaks) - 1 else 0.0
-    angle = _TURNS_DEG[best] + vertex * step
+    angle = sampled_peak(peaks, _TURNS_DEG)
     turned = _turned(level_affine, angle, centre)
     nmi = shift_nmis(working, turned, reach, inputs.num_labels)
     shift = peak_position(nmi) - reach

@@ -59,3 +59,12 @@ def test_the_shift_peak_is_refined_between_pixels_and_stays_whole_at_the_map_edg
     assert torch.allclose(peak_position(scores), apex, atol=1e-4)
     edge = -((grid[:, None] - 0.0) ** 2) - (grid[None, :] - 3.0) ** 2
     assert torch.equal(peak_position(edge), torch.tensor([0.0, 3.0]))
+
+
+def test_sampled_peak_refines_the_best_sample_of_an_evenly_spaced_curve():
+    """A parabola sampled every 0.3 gives back its apex; a maximum at either end of the samples stays there."""
+    from fide.features.cooccurrence import sampled_peak
+
+    grid = (-0.6, -0.3, 0.0, 0.3, 0.6)
+    assert sampled_peak([1.0 - (x - 0.17) ** 2 for x in grid], grid) == pytest.approx(0.17)
+    assert sampled_peak([x for x in grid], grid) == 0.6  # rising all the way: the last sample

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["correlation_at_shifts", "joint_counts_at_shifts", "parabolic_vertex", "peak_position"]
+__all__ = ["correlation_at_shifts", "joint_counts_at_shifts", "parabolic_vertex", "peak_position", "sampled_peak"]
 
 
 def correlation_at_shifts(spectrum: torch.Tensor, size: Sequence[int], max_shift: int | None) -> torch.Tensor:
@@ -55,6 +55,15 @@ def parabolic_vertex(before: float, centre: float, after: float) -> float:
     maximum is ``centre`` (0 where they do not curve down): the sub-pixel refinement of a peak along one axis."""
     curvature = before - 2 * centre + after
     return 0.0 if curvature >= 0 else float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5))
+
+
+def sampled_peak(values: Sequence[float], grid: Sequence[float]) -> float:
+    """Where a curve sampled at the evenly spaced ``grid`` peaks: the best sample, refined by the parabola through it
+    and its two neighbours (not beyond half a step; the best sample itself at either end)."""
+    best = int(np.argmax(values))
+    inside = 0 < best < len(values) - 1
+    offset = parabolic_vertex(*values[best - 1 : best + 2]) if inside else 0.0
+    return float(grid[best] + offset * (grid[1] - grid[0]))
 
 
 def peak_position(scores: torch.Tensor) -> torch.Tensor:
