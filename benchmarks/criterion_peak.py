@@ -106,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             tre = landmark_tre(ours, pair["fixed_points"], pair["moving_points"])
             line += f"; fide's pose {angle:+.2f}°, scale {100 * (scale - 1):+.2f} %, TRE {tre:.2f} px"
         print(line, flush=True)
-    for key, unit in (("shift_px", "px"), ("angle_deg", "°"), ("scale", "")):
-        values = np.array([p[key] for p in found]) - (1.0 if key == "scale" else 0.0)
-        values = 100 * values if key == "scale" else values
-        unit = unit or "%"
+    for key, unit, origin, factor in (
+        ("shift_px", "px", 0.0, 1.0),
+        ("angle_deg", "°", 0.0, 1.0),
+        ("scale", "%", 1.0, 100.0),
+    ):
+        values = factor * (np.array([p[key] for p in found]) - origin)  # scale as % off 1
         print(f"{key}: mean {values.mean():+.3f} {unit}, range {values.min():+.3f} .. {values.max():+.3f} {unit}")
     return 0
 
