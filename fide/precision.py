@@ -1,5 +1,6 @@
 """The chosen pose's last precision steps: a turn and shift search and a layout pass where the fibre texture is
-silent, NMI at ``fine_size_px``, and the texture polish where the texture recognises the pose.
+silent, NMI at ``fine_size_px``, there a compass search over the whole affine at full resolution, and the texture
+polish where the texture recognises the pose.
 
 Each step starts from the pose the decision (:mod:`fide.decision`) chose and keeps its result only where the
 full-resolution label NMI rises (the polish excepted, see :data:`_POLISH_REACH`); none of them chooses among poses.
@@ -19,13 +20,14 @@ from fide import geometry
 from fide.config import REFERENCE_SIDE_PX, FideConfig, OptimiseConfig
 from fide.decision import PoseEvidence
 from fide.features.cooccurrence import joint_counts_at_shifts, peak_position, sampled_peak
+from fide.optimise.compass import compass_search
 from fide.optimise.instance import optimise_affine
-from fide.optimise.losses import nmi_of_joint, soft_level_sets
+from fide.optimise.losses import integer_label_counts, nmi_of_joint, soft_level_sets
 from fide.pair import PairInputs, measure_evidence
 from fide.prealign.fibre_texture import POLISH_LEARNING_RATE
 from fide.preprocess.working import WorkingPair
 
-__all__ = ["finish_pose", "shift_search", "shift_nmis"]
+__all__ = ["compass_pass", "finish_pose", "shift_search", "shift_nmis"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,17 @@ _SHIFT_REACH_PX = 19
 # 0.3-0.6° off the layout labels' optimum, which lies within ~0.1° of the truth in every decoupled regime
 # (benchmarks/criterion_peak.py; their scale optimum does not: -0.3 % on whole cores, so scale is not searched)
 _TURNS_DEG = (-0.6, -0.3, 0.0, 0.3, 0.6)
+# the compass search's steps, pixels moved at the fixed image's half side (at 834 px): the fine pass leaves silent
+# poses 2-3 px off (scale, stretch, shear: 0.7-2 % anisotropy against the truth on 8 decoupled development pairs),
+# and moves under 0.25 px follow the label maps' noise. Offline from the fields of 140 development pairs (scratch
+# study, HISTORY part 15) these steps, at 834 px, fixed 6 of those 8; at 417 px the search lost more than it gained
+_COMPASS_START_PX = 2.0
+_COMPASS_MIN_PX = 0.25
+_COMPASS_EVALUATIONS = 200  # a bound on its time; the development pairs needed 48-130
+# the compass search must also raise the NMI inside the fixed tissue this far from its outline (pixels at 834 px):
+# on whole cores the outline alone pulls the scale (the layout NMI's optimum -0.3 % off the truth,
+# benchmarks/criterion_peak.py), so whole-overlap NMI alone made 13 of 20 decoupled cores worse, 4 better
+_INTERIOR_MARGIN_PX = 20
 
 
 def finish_pose(
@@ -55,14 +68,15 @@ def finish_pose(
     ``stage_affines`` and its time to ``lap(name)``.
 
     Where the fibre texture does not recognise the pose: the turn and shift search and the affine optimisation again
-    without its LNCC phase; NMI at ``fine_size_px``; then the fibre texture at full resolution where it recognises the
-    pose (a texture it does not recognise would be fitted to noise).
+    without its LNCC phase; NMI at ``fine_size_px``; there the compass search at full resolution; then the fibre
+    texture at full resolution where it recognises the pose (a texture it does not recognise would be fitted to noise).
     """
     opt = cfg.optimise
     affine, quality = chosen.affine, chosen.nmi
     texture = inputs.texture()
     sharp = math.isfinite(chosen.contrast) and chosen.contrast >= cfg.confidence.texture_mid
-    if texture is not None and not sharp and opt.lncc_iterations > 0:
+    silent = texture is not None and not sharp
+    if silent and opt.lncc_iterations > 0:
         affine, quality = shift_search(inputs, opt.fine_size_px, affine, quality)
         affine, quality = _layout_pass(inputs, opt, affine, quality)
         stage_affines["layout"] = affine
@@ -71,6 +85,10 @@ def finish_pose(
         affine, quality = _fine_pass(inputs, opt, affine, quality)
         stage_affines["fine"] = affine
         lap("fine")
+    if silent:
+        affine, quality = compass_pass(inputs, affine, quality)
+        stage_affines["compass"] = affine
+        lap("compass")
     if texture is not None and sharp and cfg.fibres.polish_iterations > 0:
         start = texture.score(affine)
         refined, score = texture.polish(affine, cfg.fibres.polish_iterations, POLISH_LEARNING_RATE)
@@ -181,3 +199,34 @@ def _refine_if_nmi_rises(
     refined_quality = inputs.quality(refined)
     logger.debug("%s: full-resolution NMI %.4f -> %.4f", name, quality, refined_quality)
     return (refined, refined_quality) if refined_quality > quality else (affine, quality)
+
+
+def compass_pass(inputs: PairInputs, affine: torch.Tensor, quality: float) -> tuple[torch.Tensor, float]:
+    """The pose nudged (:func:`fide.geometry.nudge_pose`: shift, turn, scale, stretch, shear about the fixed centre)
+    by a compass search at full resolution that moves only where the label NMI rises both over the whole overlap and
+    inside the fixed tissue away from its outline; kept only if full-resolution NMI rises above ``quality``."""
+    height, width = inputs.fixed.shape
+    unit = max(height, width) / REFERENCE_SIDE_PX
+    margin = round(_INTERIOR_MARGIN_PX * unit)
+    interior = 1 - F.max_pool2d(1 - inputs.fixed.tissue.float(), 2 * margin + 1, stride=1, padding=margin)
+    moving_labels = inputs.moving_labels.float()
+    centre = torch.tensor([(height - 1) / 2, (width - 1) / 2])
+    radius = max(height, width) / 2
+
+    def pose(moves) -> torch.Tensor:
+        return geometry.nudge_pose(affine, moves, centre, radius)
+
+    def views(moves) -> list[float]:
+        disp = geometry.affine_to_disp(pose(moves)[None].to(moving_labels), (height, width))
+        warped = geometry.warp(moving_labels, disp, padding_mode="border")
+        overlap = geometry.overlap_mask(moving_labels, disp)
+        masks = torch.cat([overlap, overlap * interior])
+        return nmi_of_joint(integer_label_counts(inputs.fixed_labels, warped, masks, inputs.num_labels)).tolist()
+
+    moves, _, calls = compass_search(views, 6, _COMPASS_START_PX * unit, _COMPASS_MIN_PX * unit, _COMPASS_EVALUATIONS)
+    nudged = pose(moves)
+    nudged_quality = inputs.quality(nudged)
+    logger.debug(
+        "compass: %s after %d NMIs, full-resolution NMI %.4f -> %.4f", moves.round(2), calls, quality, nudged_quality
+    )
+    return (nudged, nudged_quality) if nudged_quality > quality else (affine, quality)

@@ -91,6 +91,7 @@ def test_layout_pass_runs_where_the_texture_is_silent_and_never_lowers_the_nmi(t
     laps: list[str] = []
     final = finish_pose(inputs, silent, cfg, laps.append, stages)
     assert "layout" in stages and "polish" not in stages  # a silent texture is never fitted
-    assert laps == ["layout"]  # at 256 px the fine pass has no finer level than the working size
+    assert laps == ["layout", "compass"]  # at 256 px the fine pass has no finer level than the working size
     assert inputs.quality(stages["layout"]) >= silent.nmi
+    assert inputs.quality(stages["compass"]) >= inputs.quality(stages["layout"])
     assert final.nmi > silent.nmi

@@ -44,7 +44,7 @@ from fide.geometry.physical import (
     physical_to_pixel_affine,
     pixel_to_physical_affine,
 )
-from fide.geometry.poses import corner_positions, distinct_poses, same_pose, shift_pose
+from fide.geometry.poses import corner_positions, distinct_poses, nudge_pose, same_pose, shift_pose
 from fide.geometry.resampling import downsample, rescale_affine, resize_image, resize_matrix, scale_factors
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "same_pose",
     "distinct_poses",
     "shift_pose",
+    "nudge_pose",
     "PairLevel",
     "level_shapes",
     "corner_positions",

@@ -8,11 +8,12 @@ parameters at once. Each caller picks the fraction its purpose needs (a search's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["corner_positions", "same_pose", "distinct_poses", "shift_pose"]
+__all__ = ["corner_positions", "same_pose", "distinct_poses", "shift_pose", "nudge_pose"]
 
 
 def shift_pose(affines: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -24,6 +25,29 @@ def shift_pose(affines: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     shifted = affines.clone()
     shifted[..., :2, 2] = shifted[..., :2, 2] + (affines[..., :2, :2] @ shifts.to(affines).unsqueeze(-1)).squeeze(-1)
     return shifted
+
+
+def nudge_pose(affine: torch.Tensor, moves: Sequence[float], centre: torch.Tensor, radius: float) -> torch.Tensor:
+    """A (3, 3) fixed → moving affine after a small fixed-frame affine about ``centre`` (2,), array order.
+
+    ``moves`` = (shift_i, shift_j, turn, scale, stretch, shear), each in pixels moved at ``radius`` from the centre
+    (shifts: everywhere), so that one step size means the same displacement along every parameter:
+    ``p ↦ A (c + R(turn / radius) M (p - c) + t)`` with ``M = I + [[scale + stretch, shear], [shear, scale - stretch]]
+    / radius``. All zeros give ``affine`` itself.
+    """
+    shift_i, shift_j, turn, scale, stretch, shear = (float(m) for m in moves)
+    angle = turn / radius
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotation = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
+    linear = rotation @ (
+        torch.eye(2, dtype=torch.float64)
+        + torch.tensor([[scale + stretch, shear], [shear, scale - stretch]], dtype=torch.float64) / radius
+    )
+    centre = centre.detach().to("cpu", torch.float64)
+    nudge = torch.eye(3, dtype=torch.float64)
+    nudge[:2, :2] = linear
+    nudge[:2, 2] = centre - linear @ centre + torch.tensor([shift_i, shift_j], dtype=torch.float64)
+    return (affine.detach().to("cpu", torch.float64) @ nudge).to(affine)
 
 
 def corner_positions(affines: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -13,7 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["LabelNMILoss", "nmi_of_joint", "soft_level_sets", "joint_label_histogram", "FixedImageLNCC"]
+__all__ = [
+    "LabelNMILoss",
+    "nmi_of_joint",
+    "soft_level_sets",
+    "joint_label_histogram",
+    "integer_label_counts",
+    "FixedImageLNCC",
+]
 
 
 def soft_level_sets(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -68,6 +75,34 @@ def joint_label_histogram(
             else:
                 joint = joint.scatter_add(1, index, values)
     return joint.view(batch, num_labels, num_labels)
+
+
+def integer_label_counts(
+    fixed: torch.Tensor, moving: torch.Tensor, masks: torch.Tensor, num_labels: int
+) -> torch.Tensor:
+    """:func:`joint_label_histogram` of *integer* fixed labels against (interpolated) moving labels under several
+    masks, without a gradient: (B, Q, Q) float64.
+
+    With whole fixed labels each pixel meets two moving level sets only, so each mask's histogram is two weighted
+    bincounts: ~10x faster than the four scatter-adds per batch element at 834 px (the compass search's hundred
+    evaluations a pair).
+
+    Args:
+        fixed: (1, 1, H, W) integer label values in [0, Q-1] (any dtype); moving: (1, 1, H, W) float label values;
+        masks: (B, 1, H, W) weights.
+    """
+    top = num_labels - 1
+    values = moving.detach().clamp(0, top).flatten().double()
+    lower = values.floor().clamp(max=top - 1)
+    upper_weight = values - lower
+    index = fixed.flatten().long() * num_labels + lower.long()
+    bins = num_labels * num_labels
+    counts = []
+    for mask in masks.detach().flatten(1).double():
+        lower_counts = torch.bincount(index, mask * (1 - upper_weight), minlength=bins + 1)
+        upper_counts = torch.bincount(index + 1, mask * upper_weight, minlength=bins + 1)
+        counts.append((lower_counts + upper_counts)[:bins])
+    return torch.stack(counts).view(-1, num_labels, num_labels)
 
 
 def nmi_of_joint(joint: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
