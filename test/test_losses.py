@@ -90,3 +90,17 @@ def test_joint_histogram_equals_the_level_set_products(num_labels):
     assert torch.allclose(flat, ours, atol=1e-5)
     top = torch.full((1, 1, 2, 2), float(num_labels - 1))  # the top label value lands in the top bin
     assert float(joint_label_histogram(top, top, torch.ones_like(top), num_labels)[0, -1, -1]) == 4.0
+
+
+def test_integer_label_counts_equal_the_soft_joint_histogram_of_whole_fixed_labels():
+    from fide.optimise.losses import integer_label_counts
+
+    generator = torch.Generator().manual_seed(5)
+    fixed = torch.randint(0, 5, (1, 1, 30, 40), generator=generator).float()
+    moving = torch.rand(1, 1, 30, 40, generator=generator) * 4.6 - 0.3  # interpolated, a little out of range
+    masks = (torch.rand(2, 1, 30, 40, generator=generator) > 0.3).float()
+    counts = integer_label_counts(fixed.to(torch.int8), moving, masks, 5)
+    expected = joint_label_histogram(fixed.expand(2, -1, -1, -1), moving.expand(2, -1, -1, -1), masks, 5)
+    assert counts.shape == (2, 5, 5) and counts.dtype == torch.float64
+    assert torch.allclose(counts, expected.double(), atol=1e-4)
+    assert float(counts[0].sum()) == pytest.approx(float(masks[0].sum()), rel=1e-9)

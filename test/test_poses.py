@@ -44,3 +44,24 @@ def test_distinct_poses_keep_the_first_of_each_basin_in_order():
     assert distinct_poses(poses, SHAPE, 0.04, limit=2) == [0, 2]
     assert distinct_poses(poses, SHAPE, 0.04, known=[_pose(angle_deg=90.5)]) == [0, 4]
     assert distinct_poses([], SHAPE, 0.04) == []
+
+
+def test_nudge_pose_moves_a_point_at_the_radius_by_each_parameter_in_pixels():
+    """Zero moves give the pose itself; a shift moves every point by itself; turn, scale, stretch and shear move a
+    point at ``radius`` from the centre by about their value in pixels (fixed frame, before the pose)."""
+    from fide.geometry import nudge_pose
+
+    pose = torch.tensor([[0.9, 0.2, 5.0], [-0.1, 1.1, -3.0], [0.0, 0.0, 1.0]])
+    centre, radius = torch.tensor([50.0, 60.0]), 40.0
+    assert torch.allclose(nudge_pose(pose, [0] * 6, centre, radius), pose)
+    point = torch.tensor([90.0, 60.0, 1.0])  # radius below the centre along axis 0
+    inverse = torch.linalg.inv(pose.double())
+
+    def moved(moves):
+        return (inverse @ nudge_pose(pose, moves, centre, radius).double() @ point.double())[:2] - point[:2].double()
+
+    assert torch.allclose(moved([1.5, -2.0, 0, 0, 0, 0]), torch.tensor([1.5, -2.0], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(moved([0, 0, 0.8, 0, 0, 0]), torch.tensor([-0.008, 0.8], dtype=torch.float64), atol=2e-3)
+    assert torch.allclose(moved([0, 0, 0, 0.5, 0, 0]), torch.tensor([0.5, 0.0], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(moved([0, 0, 0, 0, 0.5, 0]), torch.tensor([0.5, 0.0], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(moved([0, 0, 0, 0, 0, 0.5]), torch.tensor([0.0, 0.5], dtype=torch.float64), atol=1e-5)
