@@ -92,3 +92,21 @@ def test_a_refined_pose_is_trusted_at_most_as_much_as_when_it_was_chosen():
     worse = PoseEvidence(pose(0.0), 0.031)  # a precision step that lost the margin lowers the trust
     lowered = judge_refined([PoseEvidence(pose(0.0), 0.12), PoseEvidence(pose(90.0), 0.03), worse], SHAPE, CFG, trusted)
     assert lowered.confidence < trusted.confidence and lowered.flagged
+
+
+def test_what_converged_on_the_chosen_pose_is_no_competitor_of_its_refinement():
+    """A hypothesis that was the chosen pose's (same basin at the decision) stays out of the refined pose's
+    competitors when the precision steps move the pose beyond the tolerance from it."""
+    tolerance_px = CFG.distinct_fraction * max(SHAPE)
+    evidence = [
+        PoseEvidence(pose(0.0), 0.100),
+        PoseEvidence(pose(0.0, shift=(0.8 * tolerance_px, 0.0)), 0.098),  # merged with the chosen pose
+        PoseEvidence(pose(90.0), 0.050),
+    ]
+    chosen = decide(evidence, SHAPE, CFG)
+    assert chosen.index == 0 and not chosen.flagged and chosen.scores["nmi_runner_up"] == pytest.approx(0.050)
+    refined = PoseEvidence(pose(0.0, shift=(-0.5 * tolerance_px, 0.0)), 0.104)  # 1.3 tolerances from the second
+    final = judge_refined([*evidence, refined], SHAPE, CFG, chosen)
+    assert final.scores["nmi_runner_up"] == pytest.approx(0.050) and not final.flagged
+    alone = decide([*evidence, refined], SHAPE, CFG, chosen=3)  # without the basin the merged one competes
+    assert alone.scores["nmi_runner_up"] == pytest.approx(0.098) and alone.flagged
