@@ -25,6 +25,7 @@ from fide.optimise.instance import optimise_affine
 from fide.optimise.losses import integer_label_counts, nmi_of_joint, soft_level_sets
 from fide.pair import PairInputs, measure_evidence
 from fide.prealign.fibre_texture import POLISH_LEARNING_RATE
+from fide.preprocess.filters import square_dilation
 from fide.preprocess.working import WorkingPair
 
 __all__ = ["compass_pass", "finish_pose", "shift_search", "shift_nmis"]
@@ -208,9 +209,7 @@ def compass_pass(inputs: PairInputs, affine: torch.Tensor, quality: float) -> tu
     height, width = inputs.fixed.shape
     unit = max(height, width) / REFERENCE_SIDE_PX
     margin = round(_INTERIOR_MARGIN_PX * unit)
-    # a square erosion as two 1-D max-pools: the same mask, 10x faster than one 41x41 max_pool2d (0.45 s at 834 px)
-    outside = F.max_pool2d(1 - inputs.fixed.tissue.float(), (2 * margin + 1, 1), stride=1, padding=(margin, 0))
-    interior = 1 - F.max_pool2d(outside, (1, 2 * margin + 1), stride=1, padding=(0, margin))
+    interior = 1 - square_dilation(1 - inputs.fixed.tissue.float(), margin)  # the tissue eroded by a square
     moving_labels = inputs.moving_labels.float()
     centre = torch.tensor([(height - 1) / 2, (width - 1) / 2])
     radius = max(height, width) / 2

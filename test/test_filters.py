@@ -1,8 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from monai.networks.layers import GaussianFilter
 
-from fide.preprocess.filters import gaussian_blur, gaussian_blurs, smooth_fft_length
+from fide.preprocess.filters import gaussian_blur, gaussian_blurs, smooth_fft_length, square_dilation
 
 
 def _smooth_factors_only(n: int) -> bool:
@@ -48,3 +49,14 @@ def test_several_sigmas_from_one_call_equal_separate_calls():
     fine, coarse = gaussian_blurs(image, (1.0, 6.0))
     assert torch.allclose(fine, gaussian_blur(image, 1.0), atol=1e-5)
     assert torch.allclose(coarse, gaussian_blur(image, 6.0), atol=1e-5)
+
+
+def test_square_dilation_is_the_max_over_the_square_inside_the_image():
+    torch.manual_seed(0)
+    image = torch.rand(3, 40, 50) * 2 - 1
+    expected = F.max_pool2d(image[:, None], 7, stride=1, padding=3)[:, 0]  # max_pool2d ignores the padding too
+    assert torch.equal(square_dilation(image, 3), expected)
+    mask = (torch.rand(1, 1, 40, 50) > 0.3).float()  # any leading dimensions; a 0/1 mask stays 0/1
+    dilated = square_dilation(mask, 2)
+    assert dilated.shape == mask.shape
+    assert torch.equal(dilated, F.max_pool2d(mask, 5, stride=1, padding=2))

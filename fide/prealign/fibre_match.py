@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from fide import geometry
 from fide.prealign.search import rotation_angles_deg
-from fide.preprocess.filters import gaussian_blur, gaussian_blurs, smooth_fft_length
+from fide.preprocess.filters import gaussian_blur, gaussian_blurs, smooth_fft_length, square_dilation
 
 __all__ = [
     "FIBRE_VOTES",
@@ -236,7 +236,7 @@ def patch_consensus(
     spectra = MovingSpectra.reuse(spectra, moving_band, box)
     aligned = torch.zeros(len(patches), len(linear), *size, device=moving_band.device)
     for patch, patch_votes in zip(patches, aligned):
-        ncc = _dilate(_patch_ncc(fixed_band, patch, linear, spectra), pool_px)
+        ncc = square_dilation(_patch_ncc(fixed_band, patch, linear, spectra), pool_px)
         # the patch centre sits at reference' + L (centre - reference): read each vote at that spot (nearest pixel)
         shifts = torch.round(torch.einsum("bij,j->bi", linear, patch.centre - reference)).long().tolist()
         for b, (di, dj) in enumerate(shifts):
@@ -291,17 +291,6 @@ def locate_patches(
     if not centres:
         return fixed_band.new_zeros(0, 2), fixed_band.new_zeros(0, 2), fixed_band.new_zeros(0)
     return torch.stack(centres), torch.stack(positions), torch.stack(peaks)
-
-
-def _dilate(image: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grey-level dilation of (B, H, W) by a (2r+1)^2 square, separably (torch's max_pool2d is slow on CPU)."""
-    for dim in (1, 2):
-        padded = F.pad(image, (radius, radius, 0, 0) if dim == 2 else (0, 0, radius, radius), value=-1.0)
-        length = image.shape[dim]
-        image = padded.narrow(dim, 0, length).clone()
-        for k in range(1, 2 * radius + 1):
-            torch.maximum(image, padded.narrow(dim, k, length), out=image)
-    return image
 
 
 def _add_shifted(target: torch.Tensor, source: torch.Tensor, di: int, dj: int) -> None:

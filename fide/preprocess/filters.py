@@ -1,4 +1,4 @@
-"""Gaussian smoothing of whole images: MONAI's discrete kernels, applied by FFT.
+"""Gaussian smoothing of whole images (MONAI's discrete kernels, applied by FFT) and a square max filter.
 
 MONAI's ``GaussianFilter`` convolves in space; on 834 px images on 2 CPU cores that took 45-55 ms per filter
 whatever the sigma (1 to 6 px), the FFT 6-12 ms for the same result to 1e-6 (measured for issue 13). The fibre
@@ -7,12 +7,14 @@ texture, the SHG footprint and the collagen patches smooth full-resolution image
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.layers.convutils import gaussian_1d
 
-__all__ = ["gaussian_blur", "gaussian_blurs", "layout_blur", "smooth_fft_length"]
+__all__ = ["gaussian_blur", "gaussian_blurs", "layout_blur", "smooth_fft_length", "square_dilation"]
 
 _TRUNCATED = 4.0  # MONAI GaussianFilter's default: the kernel reaches 4 sigma
 
@@ -74,3 +76,15 @@ def layout_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     reach = int(_TRUNCATED * sigma) + 1
     padded = torch.nn.functional.pad(image.float(), (reach, reach, reach, reach), mode="replicate")
     return gaussian_blur(padded, sigma)[..., reach:-reach, reach:-reach]
+
+
+def square_dilation(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grey-level dilation of (..., H, W) by a (2r+1)^2 square (pixels beyond the border ignored), separably, one
+    ``torch.maximum`` per offset: torch's ``max_pool2d`` took ~10x longer on CPU (71 against 6 ms at 834 px, r=20)."""
+    for dim in (-2, -1):
+        padded = F.pad(image, (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius), value=-math.inf)
+        length = image.shape[dim]
+        image = padded.narrow(dim, 0, length).clone()
+        for k in range(1, 2 * radius + 1):
+            torch.maximum(image, padded.narrow(dim, k, length), out=image)
+    return image
