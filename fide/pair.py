@@ -3,6 +3,9 @@
 :class:`PairInputs` holds the prepared images, the label maps (of the images smoothed to the tissue layout), the
 feature extractor with its maps at each working size, and the fibre texture; :func:`measure_evidence` scores poses
 on all of it for :mod:`fide.decision`.
+
+Two label map pairs: the optimiser's (``num_labels``, soft histograms at every working size) and the decision's, finer
+(:data:`EVIDENCE_LABELS`, full resolution only): the NMI the poses are chosen and trusted by, and the quality score.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from fide.features import ModalityEncoders, kmeans_labels, learned_features, min
 from fide.features.labels import KMEANS_ITERATIONS
 from fide.features.mind import MIND_DILATION, MIND_RADIUS
 from fide.optimise.instance import label_nmi
-from fide.optimise.losses import LabelNMILoss
+from fide.optimise.losses import LabelNMILoss, integer_label_counts, nmi_of_joint
 from fide.prealign.fibres import FibreTexture
 from fide.preprocess import PreparedImage, prepare_pair
 from fide.preprocess.filters import layout_blur
@@ -40,13 +43,14 @@ def handcrafted_features(fixed: torch.Tensor, moving: torch.Tensor, radius: int 
 
 @dataclass
 class PairInputs:
-    """One pair's full-resolution inputs, shared by every stage: prepared images, label maps, the feature extractor
-    (its maps at any working size, built once) and the fibre texture."""
+    """One pair's full-resolution inputs, shared by every stage: prepared images, label maps (the optimiser's and the
+    decision's), the feature extractor (its maps at any working size, built once) and the fibre texture."""
 
     fixed: PreparedImage
     moving: PreparedImage
     fixed_labels: torch.Tensor  # (1, 1, H, W) int
     moving_labels: torch.Tensor  # (1, 1, Hm, Wm) int
+    evidence_labels: tuple[torch.Tensor, torch.Tensor]  # (1, 1, H, W) int, (1, 1, Hm, Wm) float: EVIDENCE_LABELS
     features: FeatureFn
     num_labels: int
     fibres: FibreConfig
@@ -75,7 +79,7 @@ class PairInputs:
         return self._working[size_px]
 
     def quality(self, affine: torch.Tensor) -> float:
-        """Full-resolution NMI of the label maps under an affine (the selection criterion and the quality score)."""
+        """Full-resolution NMI of the optimiser's label maps under an affine (what each precision step must raise)."""
         return self.qualities(affine[None])[0]
 
     def qualities(self, affines: torch.Tensor) -> list[float]:
@@ -88,9 +92,18 @@ class PairInputs:
             out += label_nmi(loss, self.fixed_labels.float(), self.moving_labels.float(), disp).tolist()
         return out
 
-    def quality_of_field(self, disp: torch.Tensor) -> float:
-        loss = LabelNMILoss(self.num_labels)
-        return float(label_nmi(loss, self.fixed_labels.float(), self.moving_labels.float(), disp)[0])
+    def evidence_nmi(self, disp: torch.Tensor) -> float:
+        """The decision's criterion: NMI of the :data:`EVIDENCE_LABELS` label maps at full resolution under a (1, 2, H,
+        W) field, inside the overlap, in [0, 1]."""
+        fixed, moving = self.evidence_labels
+        warped = geometry.warp(moving, disp.to(moving))
+        overlap = geometry.overlap_mask(moving, disp)
+        return float(nmi_of_joint(integer_label_counts(fixed, warped, overlap, EVIDENCE_LABELS))[0])
+
+    def evidence_nmis(self, affines: torch.Tensor) -> list[float]:
+        """:meth:`evidence_nmi` of (B, 3, 3) affines."""
+        to_field = lambda a: geometry.affine_to_disp(a[None].to(self.evidence_labels[1]), self.fixed.shape)  # noqa: E731
+        return [self.evidence_nmi(to_field(affine)) for affine in affines]
 
 
 # the joint histogram's scatter-adds leave the CPU caches above ~2^19 values: at 834 px one affine took 15 ms, each
@@ -102,6 +115,13 @@ _QUALITY_BATCH_PIXELS = 1 << 19
 # do not match the bright field's, labels of the fibres put the NMI optimum 3-5 px off the truth (decoupled
 # development pairs: 3.1-4.4 px -> 0.7-1.7 px on four of them with 2 px; 4 px was no better)
 _LABEL_SMOOTH_PX = 2.0
+
+
+# the decision's label maps are finer than the optimiser's 8 (whose soft histograms cost grows with the square): on
+# the 192 development decisions that chose the right pose, 1 label NMI margin under ConfidenceConfig.margin_mid
+# instead of 4, and with the truth removed from the hypotheses 4 far poses' margins above it instead of 6; 6 px
+# smoothing or a sum over two scales separated worse (benchmarks/HISTORY.md, part 16)
+EVIDENCE_LABELS = 16
 
 
 def _layout(image: torch.Tensor) -> torch.Tensor:
@@ -135,9 +155,12 @@ def prepare_inputs(
     else:
         feature_fn = lambda f, m: handcrafted_features(f, m, MIND_RADIUS, MIND_DILATION)  # noqa: E731
     opt = cfg.optimise
+    layouts = [_layout(image.colour) for image in (fixed, moving)]
     fixed_labels, moving_labels = (
-        kmeans_labels(_layout(image.colour), opt.num_labels, iterations=KMEANS_ITERATIONS, seed=cfg.seed)
-        for image in (fixed, moving)
+        kmeans_labels(layout, opt.num_labels, iterations=KMEANS_ITERATIONS, seed=cfg.seed) for layout in layouts
+    )
+    fixed_evidence, moving_evidence = (
+        kmeans_labels(layout, EVIDENCE_LABELS, iterations=KMEANS_ITERATIONS, seed=cfg.seed) for layout in layouts
     )
     # learned maps are the most distinctive correlation criterion where present (synthetic validation: the true
     # pose ranks first far more often than with eosin vs log-SHG), and then the only one: log-SHG vs eosin beside
@@ -146,18 +169,28 @@ def prepare_inputs(
         search_maps = [feature_fn(fixed.intensity, moving.intensity)]
     else:
         search_maps = [(fixed.intensity, moving.intensity)]
-    inputs = PairInputs(fixed, moving, fixed_labels, moving_labels, feature_fn, opt.num_labels, cfg.fibres)
+    inputs = PairInputs(
+        fixed,
+        moving,
+        fixed_labels,
+        moving_labels,
+        (fixed_evidence, moving_evidence.float()),
+        feature_fn,
+        opt.num_labels,
+        cfg.fibres,
+    )
     return inputs, search_maps
 
 
 def measure_evidence(
     inputs: PairInputs, affines: list[torch.Tensor], source: str, cfg: FideConfig
 ) -> list[PoseEvidence]:
-    """Every criterion measured on each pose: full-resolution label NMI, and the texture where it can judge."""
+    """Every criterion measured on each pose: the decision's full-resolution label NMI, and the texture where it can
+    judge."""
     if not affines:
         return []
     stacked = torch.stack(affines)
-    nmis = inputs.qualities(stacked)
+    nmis = inputs.evidence_nmis(stacked)
     texture = inputs.texture()
     if texture is None:
         return [PoseEvidence(a, q, source=source) for a, q in zip(affines, nmis)]

@@ -40,7 +40,7 @@ class RegistrationResult:
     Attributes:
         disp: (1, 2, H, W) displacement on the fixed grid, pixels, fixed to moving.
         affine: (3, 3) the affine part, fixed to moving, pixels.
-        quality: full-resolution NMI of the label maps under ``disp``, in [0, 1] (higher is better).
+        quality: full-resolution NMI of the decision's label maps under ``disp``, in [0, 1] (higher is better).
         stage_affines: the affine after each stage that ran (for ablations and QC).
         seconds: wall time per stage.
         notes: what a user should know about this pair (e.g. what the fibre fallback did), one line each.
@@ -226,7 +226,7 @@ def _result(
     quality = decision.scores["nmi"]
     if cfg.runs("deformable") and cfg.deformable.enabled:
         deformed = optimise_deformable(inputs.working(cfg.optimise.size_px), affine, inputs.fixed.shape, cfg.deformable)
-        deformed_quality = inputs.quality_of_field(deformed)
+        deformed_quality = inputs.evidence_nmi(deformed)
         if deformed_quality >= quality:  # the residual must not lower the full-resolution similarity
             disp, quality = deformed, deformed_quality
         clock.lap("deformable")

@@ -73,7 +73,8 @@ def finish_pose(
     texture at full resolution where it recognises the pose (a texture it does not recognise would be fitted to noise).
     """
     opt = cfg.optimise
-    affine, quality = chosen.affine, chosen.nmi
+    affine = chosen.affine
+    quality = inputs.quality(affine)  # the optimiser's NMI: chosen.nmi is the decision's (pair.EVIDENCE_LABELS)
     texture = inputs.texture()
     sharp = math.isfinite(chosen.contrast) and chosen.contrast >= cfg.confidence.texture_mid
     silent = texture is not None and not sharp
