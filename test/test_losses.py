@@ -104,3 +104,17 @@ def test_integer_label_counts_equal_the_soft_joint_histogram_of_whole_fixed_labe
     assert counts.shape == (2, 5, 5) and counts.dtype == torch.float64
     assert torch.allclose(counts, expected.double(), atol=1e-4)
     assert float(counts[0].sum()) == pytest.approx(float(masks[0].sum()), rel=1e-9)
+
+
+def test_integer_label_counts_by_scatter_add_equal_its_bincounts():
+    """The 1-D scatter-add (CUDA's repeatable path in deterministic mode) counts what the bincounts count."""
+    from fide.optimise.losses import integer_label_counts
+
+    generator = torch.Generator().manual_seed(6)
+    fixed = torch.randint(0, 16, (1, 1, 25, 33), generator=generator)
+    moving = torch.rand(1, 1, 25, 33, generator=generator) * 15
+    masks = torch.rand(3, 1, 25, 33, generator=generator)
+    by_bincount = integer_label_counts(fixed, moving, masks, 16, scatter=False)
+    by_scatter = integer_label_counts(fixed, moving, masks, 16, scatter=True)
+    assert torch.allclose(by_scatter, by_bincount, rtol=0, atol=1e-12)
+    assert float(by_scatter.sum()) > 0

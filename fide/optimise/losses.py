@@ -78,7 +78,7 @@ def joint_label_histogram(
 
 
 def integer_label_counts(
-    fixed: torch.Tensor, moving: torch.Tensor, masks: torch.Tensor, num_labels: int
+    fixed: torch.Tensor, moving: torch.Tensor, masks: torch.Tensor, num_labels: int, *, scatter: bool | None = None
 ) -> torch.Tensor:
     """:func:`joint_label_histogram` of *integer* fixed labels against (interpolated) moving labels under several
     masks, without a gradient: (B, Q, Q) float64.
@@ -90,7 +90,17 @@ def integer_label_counts(
     Args:
         fixed: (1, 1, H, W) integer label values in [0, Q-1] (any dtype); moving: (1, 1, H, W) float label values;
         masks: (B, 1, H, W) weights.
+        scatter: add by 1-D scatter-add instead of bincount (default: on CUDA, where bincount adds weights atomically
+            in an order that changes between runs, while deterministic mode runs the 1-D scatter-add in a fixed order,
+            as in :func:`joint_label_histogram`; the CPU's bincount is ordered and faster).
     """
+    scatter = fixed.is_cuda if scatter is None else scatter
+
+    def weighted_counts(index: torch.Tensor, weights: torch.Tensor, size: int) -> torch.Tensor:
+        if scatter:
+            return weights.new_zeros(size).scatter_add_(0, index, weights)
+        return torch.bincount(index, weights, minlength=size)
+
     top = num_labels - 1
     values = moving.detach().clamp(0, top).flatten().double()
     lower = values.floor().clamp(max=top - 1)
@@ -99,8 +109,8 @@ def integer_label_counts(
     bins = num_labels * num_labels
     counts = []
     for mask in masks.detach().flatten(1).double():
-        lower_counts = torch.bincount(index, mask * (1 - upper_weight), minlength=bins + 1)
-        upper_counts = torch.bincount(index + 1, mask * upper_weight, minlength=bins + 1)
+        lower_counts = weighted_counts(index, mask * (1 - upper_weight), bins + 1)
+        upper_counts = weighted_counts(index + 1, mask * upper_weight, bins + 1)
         counts.append((lower_counts + upper_counts)[:bins])
     return torch.stack(counts).view(-1, num_labels, num_labels)
 
