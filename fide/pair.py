@@ -117,10 +117,10 @@ _QUALITY_BATCH_PIXELS = 1 << 19
 _LABEL_SMOOTH_PX = 2.0
 
 
-# the decision's label maps are finer than the optimiser's 8 (whose soft histograms cost grows with the square): on
-# the 192 development decisions that chose the right pose, 1 label NMI margin under ConfidenceConfig.margin_mid
-# instead of 4, and with the truth removed from the hypotheses 4 far poses' margins above it instead of 6; 6 px
-# smoothing or a sum over two scales separated worse (benchmarks/HISTORY.md, part 16)
+# the decision's label maps are finer than the optimiser's 8 (whose soft histograms cost grows with the square): at
+# the former bar 0.0105, 1 of the 192 development decisions that chose the right pose had a margin under it instead
+# of 4, and with the truth removed from the hypotheses 4 far poses a margin above it instead of 6 (the bar is now
+# where 6 pass: ConfidenceConfig.margin_mid); 6 px smoothing or a sum of two scales separated worse (HISTORY part 16)
 EVIDENCE_LABELS = 16
 
 
