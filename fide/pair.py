@@ -22,8 +22,8 @@ from fide.decision import PoseEvidence
 from fide.features import ModalityEncoders, kmeans_labels, learned_features, mind_ssc
 from fide.features.labels import KMEANS_ITERATIONS
 from fide.features.mind import MIND_DILATION, MIND_RADIUS
-from fide.optimise.instance import label_nmi
-from fide.optimise.losses import LabelNMILoss, integer_label_counts, nmi_of_joint
+from fide.optimise.instance import counted_label_nmis, label_nmi
+from fide.optimise.losses import LabelNMILoss
 from fide.prealign.fibres import FibreTexture
 from fide.preprocess import PreparedImage, prepare_pair
 from fide.preprocess.filters import layout_blur
@@ -80,35 +80,19 @@ class PairInputs:
 
     def quality(self, affine: torch.Tensor) -> float:
         """Full-resolution NMI of the optimiser's label maps under an affine (what each precision step must raise)."""
-        return self.qualities(affine[None])[0]
-
-    def qualities(self, affines: torch.Tensor) -> list[float]:
-        """:meth:`quality` of (B, 3, 3) affines, in batches of at most :data:`_QUALITY_BATCH_PIXELS` fixed pixels."""
-        per_batch = max(1, _QUALITY_BATCH_PIXELS // (self.fixed.shape[0] * self.fixed.shape[1]))
+        disp = geometry.affine_to_disp(affine[None].to(self.fixed_labels.device, torch.float32), self.fixed.shape)
         loss = LabelNMILoss(self.num_labels)
-        out: list[float] = []
-        for chunk in affines.split(per_batch):
-            disp = geometry.affine_to_disp(chunk.to(self.fixed_labels.device, torch.float32), self.fixed.shape)
-            out += label_nmi(loss, self.fixed_labels.float(), self.moving_labels.float(), disp).tolist()
-        return out
+        return float(label_nmi(loss, self.fixed_labels.float(), self.moving_labels.float(), disp)[0])
 
     def evidence_nmi(self, disp: torch.Tensor) -> float:
         """The decision's criterion: NMI of the :data:`EVIDENCE_LABELS` label maps at full resolution under a (1, 2, H,
         W) field, inside the overlap, in [0, 1]."""
-        fixed, moving = self.evidence_labels
-        warped = geometry.warp(moving, disp.to(moving))
-        overlap = geometry.overlap_mask(moving, disp)
-        return float(nmi_of_joint(integer_label_counts(fixed, warped, overlap, EVIDENCE_LABELS))[0])
+        return counted_label_nmis(*self.evidence_labels, disp, EVIDENCE_LABELS)[0]
 
     def evidence_nmis(self, affines: torch.Tensor) -> list[float]:
         """:meth:`evidence_nmi` of (B, 3, 3) affines."""
         to_field = lambda a: geometry.affine_to_disp(a[None].to(self.evidence_labels[1]), self.fixed.shape)  # noqa: E731
         return [self.evidence_nmi(to_field(affine)) for affine in affines]
-
-
-# the joint histogram's scatter-adds leave the CPU caches above ~2^19 values: at 834 px one affine took 15 ms, each
-# of a batch of 8 took 78 ms (1 thread); per-affine values are the same either way
-_QUALITY_BATCH_PIXELS = 1 << 19
 
 
 # label maps are made of the images smoothed to the scale of the tissue layout (pixels at 834 px): where SHG fibres

@@ -21,8 +21,8 @@ from fide.config import REFERENCE_SIDE_PX, FideConfig, OptimiseConfig
 from fide.decision import PoseEvidence
 from fide.features.cooccurrence import joint_counts_at_shifts, peak_position, sampled_peak
 from fide.optimise.compass import compass_search
-from fide.optimise.instance import optimise_affine
-from fide.optimise.losses import integer_label_counts, nmi_of_joint, soft_level_sets
+from fide.optimise.instance import counted_label_nmis, optimise_affine
+from fide.optimise.losses import nmi_of_joint, soft_level_sets
 from fide.pair import PairInputs, measure_evidence
 from fide.prealign.fibre_texture import POLISH_LEARNING_RATE
 from fide.preprocess.filters import square_dilation
@@ -220,10 +220,8 @@ def compass_pass(inputs: PairInputs, affine: torch.Tensor, quality: float) -> tu
 
     def views(moves) -> list[float]:
         disp = geometry.affine_to_disp(pose(moves)[None].to(moving_labels), (height, width))
-        warped = geometry.warp(moving_labels, disp, padding_mode="border")
-        overlap = geometry.overlap_mask(moving_labels, disp)
-        masks = torch.cat([overlap, overlap * interior])
-        return nmi_of_joint(integer_label_counts(inputs.fixed_labels, warped, masks, inputs.num_labels)).tolist()
+        fixed_labels = inputs.fixed_labels
+        return counted_label_nmis(fixed_labels, moving_labels, disp, inputs.num_labels, interior, padding_mode="border")
 
     moves, _, calls = compass_search(views, 6, _COMPASS_START_PX * unit, _COMPASS_MIN_PX * unit, _COMPASS_EVALUATIONS)
     nudged = pose(moves)

@@ -9,7 +9,8 @@ from conftest import blob_pair, move, similarity
 from fide import geometry
 from fide.config import OptimiseConfig
 from fide.features import kmeans_labels
-from fide.optimise.instance import optimise_affine
+from fide.optimise.instance import counted_label_nmis, label_nmi, optimise_affine
+from fide.optimise.losses import LabelNMILoss
 from fide.preprocess import prepare_pair
 from fide.preprocess.working import make_working_pair
 
@@ -79,3 +80,20 @@ def test_starts_split_into_chunks_end_where_one_batch_ends(working, monkeypatch)
     # a batch and its single starts round differently (affine_to_disp's einsum: ~1e-5 px) and 60 Adam steps on a
     # piecewise-linear NMI amplify that: measured up to 1.3e-3 apart at fields < 0.25 px apart
     assert torch.allclose(nmi_together, nmi_apart, atol=2e-3)
+
+
+def test_counted_label_nmis_equal_the_soft_histograms_over_the_overlap_and_inside_a_mask():
+    generator = torch.Generator().manual_seed(9)
+    fixed = torch.randint(0, 6, (1, 1, 40, 48), generator=generator)
+    moving = torch.randint(0, 6, (1, 1, 44, 50), generator=generator).float()
+    affine = torch.tensor([[[1.02, 0.03, 1.7], [-0.02, 0.99, 2.2], [0.0, 0.0, 1.0]]])
+    disp = geometry.affine_to_disp(affine, (40, 48))
+    inside = torch.zeros(1, 1, 40, 48)
+    inside[..., 8:30, 10:40] = 1
+    whole, masked = counted_label_nmis(fixed, moving, disp, 6, inside)
+    loss = LabelNMILoss(6)
+    assert whole == pytest.approx(float(label_nmi(loss, fixed.float(), moving, disp)[0]), abs=1e-5)
+    warped = geometry.warp(moving, disp)
+    expected = loss.nmi(fixed.float(), warped, geometry.overlap_mask(moving, disp) * inside)
+    assert masked == pytest.approx(float(expected[0]), abs=1e-5)
+    assert masked != pytest.approx(whole, abs=1e-4)

@@ -15,9 +15,9 @@ from fide.config import OptimiseConfig
 from fide.preprocess.working import WorkingPair
 
 from .editing import edit_with_affine
-from .losses import FixedImageLNCC, LabelNMILoss
+from .losses import FixedImageLNCC, LabelNMILoss, integer_label_counts, nmi_of_joint
 
-__all__ = ["optimise_affine", "label_nmi"]
+__all__ = ["optimise_affine", "label_nmi", "counted_label_nmis"]
 
 LNCC_KERNEL = 9  # code: windows 19, 13, 9, 5, 3 over levels 832..52; 9 at 256^2 covers the same tissue
 LEVEL_WEIGHTS_BASE = 0.5  # code: level weights w_l = 1, 1/2, 1/4, ...
@@ -37,6 +37,31 @@ def label_nmi(
     warped = geometry.warp(moving_labels.expand(disp.shape[0], -1, -1, -1), disp)
     overlap = geometry.overlap_mask(moving_labels, disp)
     return loss.nmi(fixed_labels.expand_as(warped), warped, overlap)
+
+
+def counted_label_nmis(
+    fixed_labels: torch.Tensor,
+    moving_labels: torch.Tensor,
+    disp: torch.Tensor,
+    num_labels: int,
+    within: torch.Tensor | None = None,
+    padding_mode: str = "zeros",
+) -> list[float]:
+    """:func:`label_nmi` of *integer* fixed labels under one field, without a gradient, by
+    :func:`~fide.optimise.losses.integer_label_counts`: over the overlap, then over the overlap inside each mask.
+
+    Args:
+        fixed_labels: (1, 1, H, W) integer labels; moving_labels: (1, 1, Hm, Wm) float labels; disp: (1, 2, H, W).
+        within: (K, 1, H, W) masks (weights), or None.
+        padding_mode: how ``geometry.warp`` samples beyond the moving image (the overlap's edge pixels weigh < 1).
+
+    Returns:
+        1 + K NMIs in [0, 1].
+    """
+    warped = geometry.warp(moving_labels, disp.to(moving_labels), padding_mode=padding_mode)
+    overlap = geometry.overlap_mask(moving_labels, disp)
+    masks = overlap if within is None else torch.cat([overlap, overlap * within])
+    return nmi_of_joint(integer_label_counts(fixed_labels, warped, masks, num_labels)).tolist()
 
 
 # starts optimised together in one batch hold at most this many working pixels (two 256 px starts): on 2 CPU
